@@ -1,0 +1,36 @@
+import re
+from pathlib import Path
+
+from trainer.cli import explain_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_help_explains_commands_and_options(cli):
+    res = cli("--help")
+    assert res.returncode == 0
+    for word in ("ingest", "run", "status", "config", "examples:"):
+        assert word in res.stdout
+    res = cli("ingest", "--help")
+    for opt in ("--config", "--run-dir", "--set", "--force", "--source"):
+        assert opt in res.stdout
+
+
+def test_config_prints_resolved_yaml_with_overrides(cli):
+    res = cli("config", "-c", "configs/quickstart.yaml", "--set", "train.lr=2e-5")
+    assert res.returncode == 0
+    assert "source: builtin:python-docs" in res.stdout and "lr: 2.0e-05" in res.stdout
+
+
+def test_status_lists_stages(cli, tmp_path):
+    res = cli("status", "--run-dir", str(tmp_path))
+    assert res.returncode == 0 and re.search(r"ingest\s+missing", res.stdout)
+
+
+def test_readme_has_space_front_matter_and_current_config_reference():
+    text = README.read_text()
+    front = text.split("---")[1]
+    for key in ("sdk: gradio", "app_file: app.py", "suggested_hardware:"):
+        assert key in front
+    section = text.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
+    assert section.strip() == explain_table().strip(), "run: python -m trainer config --explain --markdown"

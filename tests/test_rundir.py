@@ -1,0 +1,142 @@
+"""Stage mechanics: no-op when up to date, archive on change, downstream staleness, resume, lock."""
+
+import pytest
+
+from trainer.config import load_config
+from trainer.errors import StageError
+from trainer.rundir import RunDir, Stage, run_stage, stage_status
+
+
+def toy_stages(calls):
+    def run_a(ctx):
+        calls.append(("a", ctx.resumed))
+        (ctx.dir / "out.txt").write_text(f"lr={ctx.cfg.train.lr}")
+        return {"rows": 1}
+
+    def run_b(ctx):
+        calls.append(("b", ctx.resumed))
+        up = (ctx.upstream_dir("a") / "out.txt").read_text()
+        (ctx.dir / "out.txt").write_text(up + f" k={ctx.cfg.mine.num_negatives}")
+        return {"rows": 2}
+
+    a = Stage(name="a", run=run_a, sections=("train.lr",))
+    b = Stage(name="b", run=run_b, sections=("mine",), upstream=("a",))
+    return a, b
+
+
+def test_second_run_is_a_noop(tmp_path):
+    calls = []
+    a, _ = toy_stages(calls)
+    cfg, rd = load_config(), RunDir(tmp_path)
+    first = run_stage(a, cfg, rd)
+    mtime = (rd.stage_dir("a") / "out.txt").stat().st_mtime_ns
+    second = run_stage(a, cfg, rd)
+    assert (first.action, second.action) == ("ran", "skipped")
+    assert calls == [("a", False)]
+    assert (rd.stage_dir("a") / "out.txt").stat().st_mtime_ns == mtime
+    assert second.manifest["key"] == first.manifest["key"]
+    m = rd.manifest("a")
+    assert m["status"] == "complete" and m["counts"] == {"rows": 1} and "torch" in m["versions"]
+    assert m["finished"] >= m["started"]
+
+
+def test_unrelated_setting_does_not_rerun(tmp_path):
+    calls = []
+    a, _ = toy_stages(calls)
+    rd = RunDir(tmp_path)
+    run_stage(a, load_config(), rd)
+    assert run_stage(a, load_config(None, ["train.epochs=1"]), rd).action == "skipped"
+
+
+def test_changed_setting_reruns_and_archives_the_old_output(tmp_path):
+    calls = []
+    a, _ = toy_stages(calls)
+    rd = RunDir(tmp_path)
+    run_stage(a, load_config(), rd)
+    out = run_stage(a, load_config(None, ["train.lr=2e-5"]), rd)
+    assert out.action == "ran"
+    assert (rd.stage_dir("a") / "out.txt").read_text() == "lr=2e-05"
+    archived = list((tmp_path / "archive").glob("a-*/out.txt"))
+    assert len(archived) == 1 and archived[0].read_text() == "lr=1e-05"
+
+
+def test_downstream_goes_stale_and_reruns(tmp_path):
+    calls = []
+    a, b = toy_stages(calls)
+    rd = RunDir(tmp_path)
+    cfg = load_config()
+    run_stage(a, cfg, rd)
+    run_stage(b, cfg, rd)
+    assert stage_status(b, cfg, rd) == "complete"
+    cfg2 = load_config(None, ["train.lr=3e-5"])
+    run_stage(a, cfg2, rd)
+    assert stage_status(b, cfg2, rd).startswith("stale")
+    assert run_stage(b, cfg2, rd).action == "ran"
+    assert (rd.stage_dir("b") / "out.txt").read_text() == "lr=3e-05 k=5"
+
+
+def test_missing_upstream_is_an_actionable_error(tmp_path):
+    _, b = toy_stages([])
+    with pytest.raises(StageError, match="python -m trainer run --to b"):
+        run_stage(b, load_config(), RunDir(tmp_path))
+
+
+def test_force_reruns_and_keeps_the_old_output(tmp_path):
+    calls = []
+    a, _ = toy_stages(calls)
+    rd = RunDir(tmp_path)
+    run_stage(a, load_config(), rd)
+    assert run_stage(a, load_config(), rd, force=True).action == "ran"
+    assert len(calls) == 2 and len(list((tmp_path / "archive").iterdir())) == 1
+
+
+def test_tampered_output_is_detected(tmp_path):
+    calls = []
+    a, _ = toy_stages(calls)
+    rd = RunDir(tmp_path)
+    run_stage(a, load_config(), rd)
+    (rd.stage_dir("a") / "out.txt").write_text("edited by hand")
+    assert run_stage(a, load_config(), rd).action == "ran"
+    assert next((tmp_path / "archive").glob("a-*/out.txt")).read_text() == "edited by hand"
+
+
+def test_crashed_stage_resumes_with_its_work_folder(tmp_path):
+    state = {"fail": True}
+
+    def run(ctx):
+        marker = ctx.work / "half.txt"
+        if state["fail"]:
+            marker.write_text("half done")
+            raise RuntimeError("boom")
+        assert ctx.resumed and marker.read_text() == "half done"
+        (ctx.dir / "out.txt").write_text("done")
+        return {}
+
+    stage = Stage(name="c", run=run, sections=("train",))
+    rd = RunDir(tmp_path)
+    with pytest.raises(RuntimeError):
+        run_stage(stage, load_config(), rd)
+    assert rd.manifest("c")["status"] == "running"
+    assert stage_status(stage, load_config(), rd).startswith("running or crashed")
+    state["fail"] = False
+    out = run_stage(stage, load_config(), rd)
+    assert out.action == "resumed" and out.manifest["attempts"] == 2
+    assert not (rd.stage_dir("c") / "_work").exists()
+
+
+def test_one_process_per_run_dir(tmp_path):
+    rd = RunDir(tmp_path)
+    with rd.lock(), pytest.raises(StageError, match="another process"), RunDir(tmp_path).lock():
+        pass
+    with rd.lock():  # released
+        pass
+
+
+def test_config_history_is_kept(tmp_path):
+    rd = RunDir(tmp_path)
+    rd.save_config(load_config())
+    rd.save_config(load_config())
+    assert not (tmp_path / "history").exists()
+    rd.save_config(load_config(None, ["train.lr=2e-5"]))
+    assert len(list((tmp_path / "history").iterdir())) == 1
+    assert "lr: 2.0e-05" in (tmp_path / "config.yaml").read_text()

@@ -1,0 +1,135 @@
+"""Command line: ``python -m trainer <stage>`` runs one stage, ``run --to STAGE`` the chain.
+
+Every command reads the same typed config (``-c config.yaml``), with ``--set section.key=value``
+overrides, and works in the run directory ``run.dir``. Errors the user can fix are printed as one
+clear message (exit 2), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+
+from trainer.config import Config, explain, load_config
+from trainer.errors import TrainerError
+from trainer.logs import redact, setup_console
+
+EPILOG = """\
+examples:
+  python -m trainer ingest --source data:scifact --run-dir runs/scifact
+  python -m trainer run -c configs/quickstart.yaml
+  python -m trainer run -c configs/scifact.yaml --to ingest --set ingest.chunk_sentences=3
+  python -m trainer status -c configs/quickstart.yaml
+  python -m trainer config --explain        # every setting, its default and meaning
+
+A finished stage is not run again unless its settings or inputs change (then its earlier output is
+moved to <run>/archive/, never deleted); a crashed or killed stage resumes where it stopped.
+"""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="YAML", help="config file (default: built-in defaults)")
+    parser.add_argument("--run-dir", metavar="DIR", help="run directory (same as --set run.dir=DIR)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a setting, e.g. --set train.lr=2e-5 (repeatable; see `config --explain`)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from trainer.pipeline import STAGE_NAMES, STAGES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="Turn a general text-embedding model into a domain specialist: ingest a corpus, "
+        "generate synthetic queries, mine hard negatives, fine-tune, evaluate, export, publish.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for name, stage in STAGES.items():
+        p = sub.add_parser(name, help=stage.help, description=stage.help)
+        _common(p)
+        p.add_argument("--force", action="store_true",
+                       help="run again even if up to date (the earlier output is archived)")
+        if name == "ingest":
+            p.add_argument("--source", help="corpus (same as --set ingest.source=...): folder, BEIR folder, "
+                           "hub:<id>, builtin:python-docs, data:<name>")
+
+    p = sub.add_parser("run", help="run the chain of stages up to --to (finished ones are skipped)",
+                       description="Run every stage up to --to; up-to-date stages are no-ops.")
+    _common(p)
+    p.add_argument("--to", choices=STAGE_NAMES, default=STAGE_NAMES[-1],
+                   help=f"last stage to run (default: {STAGE_NAMES[-1]})")
+    p.add_argument("--force", action="store_true", help="re-run the --to stage even if up to date")
+
+    p = sub.add_parser("status", help="show each stage's state in the run directory")
+    _common(p)
+
+    p = sub.add_parser("config", help="print the resolved config, or --explain every setting")
+    _common(p)
+    p.add_argument("--explain", action="store_true", help="list every setting with its default and meaning")
+    p.add_argument("--markdown", action="store_true", help="with --explain: a Markdown table (as in the README)")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    if getattr(args, "run_dir", None):
+        overrides.append(f"run.dir={args.run_dir}")
+    if getattr(args, "source", None):
+        overrides.append(f"ingest.source={args.source}")
+    return load_config(args.config, overrides)
+
+
+def explain_table() -> str:
+    lines = ["| setting | default | meaning |", "|---|---|---|"]
+    for key, default, desc in explain():
+        lines.append(f"| `{key}` | `{default}` | {desc} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_console(args.verbose)
+    try:
+        if args.command == "config" and args.explain and args.markdown:
+            print(explain_table())
+            return 0
+        if args.command == "config" and args.explain:
+            for key, default, desc in explain():
+                print(f"{key} = {default}\n" + textwrap.indent(textwrap.fill(desc, 88), "    "))
+            return 0
+        cfg = _config(args)
+        if args.command == "config":
+            print(cfg.to_yaml(), end="")
+            return 0
+        from trainer.pipeline import run_pipeline, status
+
+        if args.command == "status":
+            for name, state in status(cfg):
+                print(f"{name:10s} {state}")
+            return 0
+        if args.command == "run":
+            outcomes = run_pipeline(cfg, to=args.to, force=args.force)
+        else:
+            outcomes = run_pipeline(cfg, only=args.command, force=args.force)
+        for o in outcomes:
+            print(f"{o.stage}: {o.action} -> {cfg.run.dir}/stages/{o.stage}  "
+                  f"{json.dumps(o.manifest.get('counts', {}), default=str)}")
+        return 0
+    except TrainerError as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The stage registry and the chain runner used by the CLI, the YAML config and the Space alike.
+
+Example::
+
+    >>> from trainer.config import load_config
+    >>> from trainer.pipeline import STAGE_NAMES, run_pipeline
+    >>> STAGE_NAMES[0]
+    'ingest'
+    >>> cfg = load_config(None, ["ingest.source=builtin:python-docs", "run.dir=/tmp/run"])
+    >>> [o.action for o in run_pipeline(cfg, to="ingest")]  # doctest: +SKIP
+    ['ran']
+"""
+
+from __future__ import annotations
+
+from trainer import ingest
+from trainer.config import Config
+from trainer.errors import StageError
+from trainer.logs import attach_run_log, get_logger
+from trainer.rundir import ProgressFn, RunDir, Stage, StageOutcome, run_stage, stage_status
+
+# Stages in pipeline order; later issues append generate, mine, train, evaluate, export, publish.
+STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE,)}
+STAGE_NAMES = list(STAGES)
+
+
+def chain(to: str) -> list[Stage]:
+    """The stages up to and including ``to`` that it depends on, in pipeline order."""
+    if to not in STAGES:
+        raise StageError(f"unknown stage {to!r}; available: {', '.join(STAGE_NAMES)}")
+    needed: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name not in needed:
+            needed.add(name)
+            for up in STAGES[name].upstream:
+                visit(up)
+
+    visit(to)
+    return [STAGES[n] for n in STAGE_NAMES if n in needed]
+
+
+def run_pipeline(
+    cfg: Config,
+    *,
+    to: str | None = None,
+    only: str | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> list[StageOutcome]:
+    """Run one stage (``only``) or the chain up to ``to`` in ``cfg.run.dir``; finished stages are no-ops."""
+    stages = [STAGES[only]] if only else chain(to or STAGE_NAMES[-1])
+    run_dir = RunDir(cfg.run.dir)
+    outcomes = []
+    with run_dir.lock():
+        handler = attach_run_log(run_dir.root)
+        try:
+            run_dir.save_config(cfg)
+            for stage in stages:
+                # --force re-runs only the stage named, not its finished upstream.
+                is_target = stage.name == (only or to or stages[-1].name)
+                outcomes.append(run_stage(stage, cfg, run_dir, force=force and is_target, progress=progress))
+        finally:
+            get_logger().removeHandler(handler)
+            handler.close()
+    return outcomes
+
+
+def status(cfg: Config) -> list[tuple[str, str]]:
+    run_dir = RunDir(cfg.run.dir)
+    return [(s.name, stage_status(s, cfg, run_dir)) for s in STAGES.values()]

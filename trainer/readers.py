@@ -1,0 +1,461 @@
+"""Corpus readers: turn a source (folder, BEIR folder, saved dataset, Hub id, built-in corpus) into
+documents, and every unusable input into a counted, explained skip (never a traceback).
+
+Example::
+
+    >>> from trainer.config import IngestConfig
+    >>> items = list(iter_documents(IngestConfig(source="builtin:python-docs")))
+    >>> docs = [d for d in items if isinstance(d, Document)]
+    >>> len(docs) > 50 and docs[0].source == "builtin:python-docs"
+    True
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html.parser
+import io
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.config import IngestConfig
+from trainer.errors import InputError
+from trainer.models import hub_reachable, is_offline
+from trainer.paths import data_path
+
+TEXT_FIELDS = ("text", "content", "body", "abstract", "passage", "document", "contents")
+ID_FIELDS = ("_id", "id", "doc_id", "docid")
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".html", ".htm"}
+TABLE_SUFFIXES = {".jsonl", ".csv", ".parquet", ".pdf"}
+BUILTINS = ("python-docs",)
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    title: str
+    text: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    source: str
+    reason: str
+    detail: str
+
+
+# --- source detection -----------------------------------------------------------------------------
+
+
+def resolve_source(cfg: IngestConfig) -> tuple[str, str | Path]:
+    """(kind, location) with kind in folder, beir, saved, hub, builtin, file."""
+    src = cfg.source
+    if not src:
+        raise InputError(
+            "no corpus given: set ingest.source to a folder, a BEIR folder, 'hub:<dataset id>' or "
+            "'builtin:python-docs' (CLI: --source PATH)"
+        )
+    if src.startswith("builtin:"):
+        name = src.split(":", 1)[1]
+        if name not in BUILTINS:
+            raise InputError(f"unknown built-in corpus {name!r}; available: {', '.join(BUILTINS)}")
+        return "builtin", name
+    if src.startswith("hub:"):
+        return "hub", src.split(":", 1)[1]
+    path = data_path(src.split(":", 1)[1]) if src.startswith("data:") else Path(src).expanduser()
+    if path.is_file():
+        return "file", path
+    if path.is_dir():
+        if (path / "corpus.jsonl").is_file():
+            return "beir", path
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            return "saved", path
+        return "folder", path
+    if "/" in src and not src.startswith((".", "/", "~")) and src.count("/") == 1 and not path.exists():
+        return "hub", src  # looks like org/name
+    raise InputError(f"corpus not found: {src} (no such file or folder)")
+
+
+def source_fingerprint(cfg: IngestConfig) -> dict[str, str]:
+    """What identifies the input's content, for the stage key."""
+    kind, loc = resolve_source(cfg)
+    digest = hashlib.sha256()
+    if kind == "builtin":
+        from pydoc_data.topics import topics
+
+        digest.update(json.dumps(topics, sort_keys=True).encode())
+        return {"kind": kind, "name": str(loc), "python": sys.version.split()[0], "sha256": digest.hexdigest()}
+    if kind == "hub":
+        return {"kind": kind, "dataset": str(loc), "revision": _hub_revision(str(loc), cfg)}
+    path = Path(loc)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if kind == "beir":
+        files = [path / "corpus.jsonl"]
+    for f in files:
+        digest.update(str(f.relative_to(path if path.is_dir() else path.parent)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return {"kind": kind, "path": str(path.resolve()), "sha256": digest.hexdigest()}
+
+
+def _offline_hub_error(dataset: str) -> InputError:
+    return InputError(
+        f"cannot download Hub dataset {dataset!r}: the Hub is not reachable (offline or "
+        "HF_HUB_OFFLINE=1). Fix: on a connected machine run\n"
+        f"  python -c \"import datasets; datasets.load_dataset('{dataset}', split='train')"
+        ".save_to_disk('corpus_dir')\"\n"
+        "copy corpus_dir here and set ingest.source=corpus_dir (or export the rows to a .jsonl file)."
+    )
+
+
+def _hub_revision(dataset: str, cfg: IngestConfig) -> str:
+    if is_offline() or not hub_reachable():
+        raise _offline_hub_error(dataset)
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(dataset, revision=cfg.hub_revision).sha or (cfg.hub_revision or "main")
+    except Exception as exc:  # noqa: BLE001 - report any Hub failure as an input error
+        raise InputError(f"Hub dataset {dataset!r} (revision {cfg.hub_revision or 'main'}): {exc}") from None
+
+
+# --- decoding and per-format readers ----------------------------------------------------------------
+
+
+def _decode(data: bytes, mode: str) -> str | None:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        if mode == "latin-1":
+            try:
+                return data.decode("cp1252")
+            except UnicodeDecodeError:
+                return data.decode("latin-1")
+        if mode == "replace":
+            return data.decode("utf-8", errors="replace")
+        return None
+
+
+def _looks_binary(data: bytes) -> bool:
+    head = data[:8192]
+    if b"\x00" in head:
+        return True
+    control = sum(1 for b in head if b < 9 or 13 < b < 32)
+    return bool(head) and control / len(head) > 0.1
+
+
+class _HTMLText(html.parser.HTMLParser):
+    _SKIP = frozenset({"script", "style", "noscript", "template", "svg", "head"})
+    _BLOCK = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article",
+              "pre", "blockquote", "table", "ul", "ol", "dd", "dt", "header", "footer"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title = ""
+        self._skip = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self._SKIP:
+            self._skip += 1
+        if tag == "title":
+            self._in_title = True
+        if tag in self._BLOCK:
+            self.parts.append("\n\n")
+
+    def handle_endtag(self, tag):
+        if tag in self._SKIP and self._skip:
+            self._skip -= 1
+        if tag == "title":
+            self._in_title = False
+        if tag in self._BLOCK:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title += data
+        elif not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(markup: str) -> tuple[str, str]:
+    parser = _HTMLText()
+    parser.feed(markup)
+    parser.close()
+    text = "".join(parser.parts)
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    out, blank = [], False
+    for line in lines:
+        if line:
+            out.append(line)
+            blank = False
+        elif not blank and out:
+            out.append("")
+            blank = True
+    return parser.title.strip(), "\n".join(out).strip()
+
+
+def _markdown_title(text: str) -> str:
+    for line in text.splitlines()[:20]:
+        if line.startswith("# "):
+            return line[2:].strip()
+    return ""
+
+
+def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...]) -> str | None:
+    if wanted:
+        return wanted if wanted in columns else None
+    lower = {c.lower(): c for c in columns}
+    return next((lower[c] for c in candidates if c in lower), None)
+
+
+class _Records:
+    """Shared handling of row-shaped inputs (jsonl, csv, parquet, saved and Hub datasets)."""
+
+    def __init__(self, cfg: IngestConfig, source: str):
+        self.cfg, self.source = cfg, source
+        self.limit = int(cfg.max_document_mb * _MB)
+
+    def columns(self, columns: list[str]) -> tuple[str, str | None, str | None] | Skip:
+        text = _pick(columns, self.cfg.text_column, TEXT_FIELDS)
+        if text is None:
+            want = self.cfg.text_column or " / ".join(TEXT_FIELDS)
+            return Skip(self.source, "no_text_column",
+                        f"no text column ({want}) among {columns}; set ingest.text_column")
+        return text, _pick(columns, self.cfg.title_column, ("title",)), _pick(columns, self.cfg.id_column, ID_FIELDS)
+
+    def row(self, row: dict, n: int, cols: tuple[str, str | None, str | None]) -> Document | Skip:
+        text_col, title_col, id_col = cols
+        where = f"{self.source}#{n}"
+        text = row.get(text_col)
+        if text is None or (isinstance(text, float) and text != text):
+            return Skip(where, "empty", f"row {n} has no {text_col!r}")
+        if not isinstance(text, str):
+            return Skip(where, "bad_record", f"row {n}: {text_col!r} is {type(text).__name__}, not text")
+        if len(text.encode("utf-8", errors="ignore")) > self.limit:
+            return Skip(where, "too_large", f"row {n} is larger than ingest.max_document_mb={self.cfg.max_document_mb}")
+        if not text.strip():
+            return Skip(where, "empty", f"row {n} has empty text")
+        title = row.get(title_col) if title_col else ""
+        doc_id = row.get(id_col) if id_col else None
+        doc_id = str(doc_id) if doc_id not in (None, "") else where
+        return Document(doc_id, str(title or "").strip(), text, self.source)
+
+
+def _read_jsonl(path: Path, rel: str, cfg: IngestConfig) -> Iterator[Document | Skip]:
+    rec = _Records(cfg, rel)
+    cols = None
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            line = _decode(raw, cfg.non_utf8)
+            if line is None:
+                yield Skip(f"{rel}#{n}", "not_utf8", f"line {n} is not UTF-8; set ingest.non_utf8=latin-1")
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Skip(f"{rel}#{n}", "bad_record", f"line {n} is not JSON: {exc.msg}")
+                continue
+            if not isinstance(row, dict):
+                yield Skip(f"{rel}#{n}", "bad_record", f"line {n} is not a JSON object")
+                continue
+            if cols is None:
+                cols = rec.columns(list(row))
+                if isinstance(cols, Skip):
+                    yield cols
+                    return
+            yield rec.row(row, n, cols)
+
+
+def _read_frame(frame, rel: str, cfg: IngestConfig) -> Iterator[Document | Skip]:
+    rec = _Records(cfg, rel)
+    cols = rec.columns([str(c) for c in frame.columns])
+    if isinstance(cols, Skip):
+        yield cols
+        return
+    for n, row in enumerate(frame.to_dict(orient="records"), start=1):
+        yield rec.row(row, n, cols)
+
+
+def _read_pdf(path: Path, rel: str, cfg: IngestConfig) -> Iterator[Document | Skip]:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(str(path))
+        if reader.is_encrypted and not reader.decrypt(""):
+            yield Skip(rel, "pdf_encrypted", "password-protected PDF; decrypt it first (qpdf --decrypt)")
+            return
+        pages = [page.extract_text() or "" for page in reader.pages]
+        title = str((reader.metadata or {}).get("/Title") or "").strip()
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+        yield Skip(rel, "pdf_unreadable", f"cannot read PDF: {exc}")
+        return
+    text = "\n\n".join(p.strip() for p in pages if p.strip())
+    if not text:
+        yield Skip(rel, "pdf_no_text", "PDF has no extractable text (scanned? run OCR first)")
+        return
+    yield _Records(cfg, rel).row({"text": text, "title": title or path.stem, "id": rel}, 1, ("text", "title", "id"))
+
+
+def _read_file(path: Path, rel: str, cfg: IngestConfig) -> Iterator[Document | Skip]:
+    suffix = path.suffix.lower()
+    size = path.stat().st_size
+    if suffix not in TEXT_SUFFIXES | TABLE_SUFFIXES:
+        yield Skip(rel, "unsupported_type", f"{suffix or 'no extension'} is not one of "
+                   f"{' '.join(sorted(TEXT_SUFFIXES | TABLE_SUFFIXES))}")
+        return
+    if size == 0:
+        yield Skip(rel, "empty", "file is empty")
+        return
+    limit_mb = cfg.max_document_mb if suffix in TEXT_SUFFIXES else cfg.max_file_mb
+    if size > limit_mb * _MB:
+        setting = "max_document_mb" if suffix in TEXT_SUFFIXES else "max_file_mb"
+        yield Skip(rel, "too_large", f"{size / _MB:.1f} MB is over ingest.{setting}={limit_mb}; "
+                   "raise it or split the file")
+        return
+    if suffix == ".pdf":
+        yield from _read_pdf(path, rel, cfg)
+        return
+    if suffix == ".parquet":
+        import pandas as pd
+
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a counted skip
+            yield Skip(rel, "bad_file", f"cannot read parquet: {exc}")
+            return
+        yield from _read_frame(frame, rel, cfg)
+        return
+    with path.open("rb") as fh:
+        head = fh.read(8192)
+    if _looks_binary(head):
+        yield Skip(rel, "binary", f"binary content in a {suffix} file")
+        return
+    if suffix == ".jsonl":
+        yield from _read_jsonl(path, rel, cfg)
+        return
+    text = _decode(path.read_bytes(), cfg.non_utf8)
+    if text is None:
+        yield Skip(rel, "not_utf8", "not UTF-8 text; set ingest.non_utf8=latin-1 (or re-encode: "
+                   "iconv -f latin1 -t utf-8)")
+        return
+    if suffix == ".csv":
+        import pandas as pd
+
+        try:
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, csv.Error, ValueError) as exc:
+            yield Skip(rel, "bad_file", f"cannot parse CSV: {exc}")
+            return
+        yield from _read_frame(frame, rel, cfg)
+        return
+    title = ""
+    if suffix in {".html", ".htm"}:
+        title, text = html_to_text(text)
+    elif suffix in {".md", ".markdown"}:
+        title = _markdown_title(text)
+    if not text.strip():
+        yield Skip(rel, "empty", "no text after extraction")
+        return
+    yield Document(rel, title or path.stem.replace("_", " "), text, rel)
+
+
+# --- sources --------------------------------------------------------------------------------------
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, str] | Skip]:
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            if path.is_file():
+                yield Skip(rel, "hidden", "hidden file")
+            continue
+        if path.is_file():
+            yield path, rel
+
+
+def _iter_dataset(ds, label: str, cfg: IngestConfig) -> Iterator[Document | Skip]:
+    rec = _Records(cfg, label)
+    cols = rec.columns(list(ds.column_names))
+    if isinstance(cols, Skip):
+        raise InputError(f"{label}: {cols.detail}")
+    for n, row in enumerate(ds, start=1):
+        yield rec.row(row, n, cols)
+
+
+def _iter_raw(cfg: IngestConfig) -> Iterator[Document | Skip]:
+    kind, loc = resolve_source(cfg)
+    if kind == "builtin":
+        from pydoc_data.topics import topics
+
+        for name in sorted(topics):
+            yield Document(f"python-docs/{name}", name.replace("-", " "), topics[name], "builtin:python-docs")
+    elif kind == "beir":
+        yield from _read_jsonl(Path(loc) / "corpus.jsonl", "corpus.jsonl", cfg)
+    elif kind == "file":
+        yield from _read_file(Path(loc), Path(loc).name, cfg)
+    elif kind == "folder":
+        for item in _walk(Path(loc)):
+            if isinstance(item, Skip):
+                yield item
+            else:
+                yield from _read_file(item[0], item[1], cfg)
+    elif kind == "saved":
+        import datasets
+
+        ds = datasets.load_from_disk(str(loc))
+        if isinstance(ds, datasets.DatasetDict):
+            if cfg.hub_split not in ds:
+                raise InputError(f"{loc} has splits {list(ds)}; set ingest.hub_split to one of them")
+            ds = ds[cfg.hub_split]
+        yield from _iter_dataset(ds, Path(loc).name, cfg)
+    elif kind == "hub":
+        if is_offline() or not hub_reachable():
+            raise _offline_hub_error(str(loc))
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(str(loc), split=cfg.hub_split, revision=cfg.hub_revision)
+        except Exception as exc:  # noqa: BLE001 - surfaced as an actionable input error
+            raise InputError(f"cannot load Hub dataset {loc!r} split {cfg.hub_split!r}: {exc}") from None
+        yield from _iter_dataset(ds, f"hub:{loc}", cfg)
+
+
+def normalized_hash(text: str) -> str:
+    return hashlib.sha256(" ".join(text.split()).lower().encode()).hexdigest()
+
+
+def iter_documents(cfg: IngestConfig) -> Iterator[Document | Skip]:
+    """Documents in a deterministic order, de-duplicated, ids made unique; skips along the way."""
+    seen_text: dict[str, str] = {}
+    seen_ids: set[str] = set()
+    kept = 0
+    for item in _iter_raw(cfg):
+        if isinstance(item, Skip):
+            yield item
+            continue
+        if cfg.max_documents is not None and kept >= cfg.max_documents:
+            yield Skip(item.doc_id, "over_max_documents", f"ingest.max_documents={cfg.max_documents} reached")
+            continue
+        digest = normalized_hash(item.text)
+        if cfg.dedupe and digest in seen_text:
+            yield Skip(item.doc_id, "duplicate", f"same text as {seen_text[digest]}")
+            continue
+        seen_text.setdefault(digest, item.doc_id)
+        doc_id, n = item.doc_id, 2
+        while doc_id in seen_ids:
+            doc_id, n = f"{item.doc_id}~{n}", n + 1
+        seen_ids.add(doc_id)
+        kept += 1
+        yield Document(doc_id, item.title, item.text, item.source) if doc_id != item.doc_id else item
