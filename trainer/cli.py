@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=STAGE_NAMES, default=STAGE_NAMES[-1],
                    help=f"last stage to run (default: {STAGE_NAMES[-1]})")
     p.add_argument("--force", action="store_true", help="re-run the --to stage even if up to date")
+    p.add_argument("--source", help="corpus (same as --set ingest.source=...)")
 
     p = sub.add_parser("status", help="show each stage's state in the run directory")
     _common(p)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainer.errors import ConfigError
 
@@ -90,25 +90,53 @@ class IngestConfig(_Section):
 
 class GenerateConfig(_Section):
     endpoint: str | None = Field(
-        None, description="TGI-compatible base URL (Messages API /v1/chat/completions). None: start the "
-        "embedded local server."
+        None, description="TGI-compatible base URL (Messages API /v1/chat/completions), e.g. "
+        "http://host:8080/v1. None: start the embedded llama.cpp server with generate.generator."
     )
     model: str = Field("tgi", description="Model name sent to the endpoint (TGI ignores it).")
     token_env: str = Field("HF_TOKEN", description="Environment variable holding the endpoint token.")
-    questions_per_chunk: int = Field(3, ge=1, description="Questions asked per chunk.")
+    generator: str = Field(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m",
+        description="Embedded generator: a known GGUF name (see trainer.models.GENERATORS) or a .gguf path.",
+    )
+    server_threads: int | None = Field(None, ge=1, description="CPU threads of the embedded server; default: all.")
+    questions_per_chunk: int = Field(3, ge=1, description="Questions asked per chunk (types cycle factual, "
+                                     "contextual, multi-hop).")
     min_hops: int = Field(1, ge=1, le=3, description="Fewest chunks a question draws on.")
     max_hops: int = Field(3, ge=1, le=3, description="Most chunks a question draws on (recipe: 1-3).")
+    sample_documents: int | None = Field(None, ge=1, description="Generate for a seeded sample of N documents "
+                                         "(the whole corpus is still used for mining and evaluation).")
+    max_chunks_per_document: int | None = Field(None, ge=1, description="Use at most the first N chunks of a document.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of the generator.")
-    max_new_tokens: int = Field(512, ge=16, description="Generation budget per request.")
+    max_new_tokens: int = Field(96, ge=16, description="Generation budget per request (one query is short).")
+    structured_output: Literal["auto", "tgi", "llama.cpp", "off"] = Field(
+        "auto", description="Ask the server for JSON output in its dialect: TGI's grammar "
+        "({type: json, value: schema}) or llama.cpp's JSON mode. auto: llama.cpp for the embedded server, "
+        "tgi for an endpoint (falls back to plain text if refused). Every output is validated either way."
+    )
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(4, ge=0, description="Retries with backoff on 429/5xx/connection errors.")
+    invalid_retries: int = Field(2, ge=0, description="New attempts (new seed) after an invalid output.")
     concurrency: int = Field(2, ge=1, description="Requests in flight at once.")
-    judge: bool = Field(True, description="Score each query with an LLM judge.")
+    judge: Literal["auto", "on", "off"] = Field(
+        "auto", description="LLM-as-judge scoring. auto: on with an external endpoint, off with the embedded "
+        "sub-1B generator (too small to judge; see BENCHMARKS.md)."
+    )
     judge_endpoint: str | None = Field(None, description="Judge endpoint; default: the generator's.")
+    judge_model: str | None = Field(None, description="Judge model name; default: generate.model.")
     judge_threshold: float = Field(7.0, ge=1, le=10, description="Keep queries whose overall score >= this.")
     dedupe_similarity: float = Field(0.9, gt=0, le=1, description="Drop near-duplicate queries at >= this cosine.")
-    max_queries: int | None = Field(None, ge=1, description="Stop after this many queries.")
-    max_minutes: float | None = Field(None, gt=0, description="Stop after this many minutes.")
+    max_copy_fraction: float = Field(0.6, gt=0, le=1, description="Easiness filter: drop a query when a run of "
+                                     "words this share of its length (and >= 5 words) is copied from its passage.")
+    min_query_words: int = Field(3, ge=1, description="Shorter outputs are invalid.")
+    max_query_words: int = Field(60, ge=3, description="Longer outputs are invalid.")
+    max_queries: int | None = Field(None, ge=1, description="Stop after this many valid queries.")
+    max_minutes: float | None = Field(None, gt=0, description="Stop asking for new queries after this many minutes.")
+
+    @field_validator("judge", "structured_output", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:  # YAML reads on/off as booleans
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _hops(self) -> GenerateConfig:
@@ -118,35 +146,115 @@ class GenerateConfig(_Section):
 
 
 class MineConfig(_Section):
-    mode: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="Where negatives come from.")
+    mode: Literal["hybrid", "dense", "bm25"] = Field(
+        "hybrid", description="Where negative candidates come from: BM25 and the base model fused, or one of them."
+    )
     num_negatives: int = Field(5, ge=1, description="Hard negatives kept per query.")
     margin: float = Field(0.95, gt=0, description="False-negative guard: drop candidates scoring above "
                           "margin x the query's lowest positive score ('perc') or above it minus margin ('abs').")
     margin_type: Literal["perc", "abs"] = Field("perc", description="How margin is applied.")
-    candidates: int = Field(50, ge=1, description="Candidates retrieved per query before filtering.")
-    fusion: Literal["rrf", "union"] = Field("rrf", description="How BM25 and dense candidates are fused.")
+    candidates: int = Field(50, ge=1, description="Candidates retrieved per query and retriever before filtering "
+                            "(widened once to 10x for queries left with fewer than num_negatives).")
+    fusion: Literal["rrf", "union"] = Field(
+        "rrf", description="How BM25 and dense candidates are fused: reciprocal-rank fusion, or a union that "
+        "alternates between the two rankings."
+    )
     test_fraction: float = Field(0.2, ge=0, lt=1, description="Documents held out for the test split.")
+    exclude_positive_documents: bool = Field(
+        True, description="Never take a negative from a document that holds one of the query's positives."
+    )
+    duplicate_similarity: float = Field(
+        0.98, gt=0, le=1, description="Drop candidates this similar (cosine) to one of the query's positives, "
+        "or with the same normalized text."
+    )
+    batch_size: int = Field(64, ge=1, description="Encoding batch size of the base model.")
+
+    @model_validator(mode="after")
+    def _margin(self) -> MineConfig:
+        if self.margin_type == "perc" and self.margin > 1:
+            raise ValueError(f"margin {self.margin} > 1 with margin_type 'perc' would keep negatives scoring "
+                             "above the positive; use a fraction such as 0.95")
+        return self
 
 
 class TrainConfig(_Section):
-    profile: Literal["cpu", "t4", "a100", "multi-gpu"] = Field("cpu", description="Hardware profile.")
-    loss: Literal["mnrl", "cached_mnrl"] = Field(
-        "mnrl", description="MultipleNegativesRankingLoss or its GradCache form."
+    profile: Literal["cpu", "t4", "a100", "multi-gpu"] = Field(
+        "cpu", description="Hardware profile (a label; the settings live in configs/hardware/<profile>.yaml)."
     )
+    loss: Literal["mnrl", "cached_mnrl"] = Field(
+        "mnrl", description="MultipleNegativesRankingLoss or its GradCache form (large batches on small GPUs)."
+    )
+    mini_batch_size: int = Field(32, ge=1, description="cached_mnrl: sequences embedded at once (memory, not maths).")
     temperature: float = Field(0.02, gt=0, description="Softmax temperature (scale = 1/temperature).")
-    hard_negatives_only: bool = Field(False, description="Use only mined negatives, not in-batch ones.")
+    hard_negatives_only: bool = Field(
+        False, description="Score each query against its own positive and mined negatives only, no in-batch ones."
+    )
+    num_negatives: int | None = Field(
+        None, ge=0, description="Mined negatives per row used in training; default: all the mine stage wrote."
+    )
     lr: float = Field(1e-5, gt=0, description="Learning rate.")
+    lr_sweep: list[float] = Field(
+        [], description="Train once per learning rate (e.g. [5e-6, 1e-5, 2e-5]) and keep the best by validation "
+        "nDCG@10; [] trains once at train.lr."
+    )
     epochs: float = Field(3, gt=0, description="Epochs.")
-    batch_size: int | None = Field(None, ge=1, description="Per-device batch; default: scaled to the data.")
+    large_set_rows: int = Field(50_000, ge=1, description="Training sets with at least this many rows are 'large'.")
+    large_set_epochs: float = Field(2, gt=0, description="Epochs for large sets (recipe: 1-2), if fewer than epochs.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Per-device batch; default: rows/32 clamped to 16-64 under 2,000 rows, else "
+        "max_batch_size."
+    )
+    max_batch_size: int = Field(64, ge=1, description="Largest automatic batch (what the hardware fits).")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
     matryoshka_dims: list[int] = Field([384, 256, 128, 64], description="Matryoshka dimensions; [] turns it off.")
     max_seq_length: int | None = Field(None, ge=8, description="Training sequence length; default: the model's.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, else fp16 on CUDA, fp32 on CPU. fp16/bf16 "
+        "without CUDA falls back to fp32 with a warning."
+    )
+    val_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of training queries held out for validation (by query); 0 turns "
+        "validation, best-checkpoint selection and early stopping off."
+    )
+    val_max_queries: int = Field(500, ge=1, description="Most validation queries.")
+    eval_steps: int | None = Field(
+        None, ge=1, description="Validate and checkpoint every N steps; default: 4 times per epoch."
+    )
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="Stop after this many validations without a better nDCG@10; None: never."
+    )
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the best one is always kept).")
+    gather_across_devices: bool = Field(
+        True, description="Multi-process: share in-batch negatives across ranks (MNRL gather_across_devices)."
+    )
+    num_processes: int = Field(1, ge=1, description="Training processes; >1 launches workers (one per GPU).")
+    launcher: Literal["accelerate", "torchrun"] = Field(
+        "accelerate", description="How workers are launched when num_processes > 1."
+    )
+    accelerate_config: str | None = Field(
+        None, description="accelerate config file for the launcher; default: configs/accelerate/multi-gpu.yaml "
+        "with CUDA, configs/accelerate/cpu-2proc.yaml without."
+    )
 
 
 class EvaluateConfig(_Section):
     tasks: list[str] | None = Field(None, description="MTEB tasks; default: the domain's retrieval tasks.")
     k_values: list[int] = Field([1, 5, 10, 100], description="Cut-offs for nDCG/Recall/Precision/MAP/MRR.")
-    results_dir: str | None = Field(None, description="MTEB results folder for leaderboard references.")
+    results_dir: str | None = Field(
+        None, description="MTEB results folder (embeddings-benchmark/results layout) for leaderboard references; "
+        "default: $DOMAIN_EMBED_DATA/mteb-results."
+    )
+    mteb: bool = Field(True, description="Evaluate base and tuned models on the MTEB tasks.")
+    beir_dir: str | None = Field(
+        None, description="Your own BEIR folder of real queries (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) "
+        "to evaluate base and tuned on."
+    )
+    beir_split: str = Field("test", description="Qrels split read from beir_dir.")
+    matryoshka: bool = Field(True, description="Also score the synthetic split at each train.matryoshka_dims size.")
+    batch_size: int = Field(32, ge=1, description="Encoding batch size.")
+    regression_tolerance: float = Field(
+        0.0, ge=0, description="A task is a regression when tuned main score < base - this (score units, 0-1)."
+    )
 
 
 class ExportConfig(_Section):

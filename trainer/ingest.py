@@ -23,8 +23,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from typing import Any
 from trainer._faults import crash_point
 from trainer.chunking import Chunker
 from trainer.config import Config
+from trainer.dataset_io import save_dataset, save_rows
 from trainer.errors import InputError
 from trainer.models import model_max_length, resolve_model
 from trainer.readers import Document, Skip, iter_documents, normalized_hash, source_fingerprint
@@ -42,12 +41,6 @@ _CHUNK_FEATURES = {
     "chunk_id": "string", "doc_id": "string", "chunk_index": "int32", "title": "string", "text": "string",
     "start": "int64", "end": "int64", "n_tokens": "int32", "n_sentences": "int32",
 }
-
-
-def _features(spec: dict[str, str]):
-    import datasets
-
-    return datasets.Features({k: datasets.Value(v) for k, v in spec.items()})
 
 
 def build_chunker(cfg: Config) -> Chunker:
@@ -81,20 +74,6 @@ def _chunk_rows(chunker: Chunker, docs: list[Document]) -> list[dict[str, Any]]:
     return rows
 
 
-def _save(rows: list[dict[str, Any]], spec: dict[str, str], dest: Path) -> None:
-    """Save atomically: a half-written dataset never sits at ``dest``."""
-    import datasets
-
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds = datasets.Dataset.from_list(rows, features=_features(spec)) if rows else \
-        datasets.Dataset.from_dict({k: [] for k in spec}, features=_features(spec))
-    ds.save_to_disk(str(tmp))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-
-
 def _summary(skips: list[Skip]) -> str:
     by_reason = Counter(s.reason for s in skips)
     lines = [f"  {reason}: {n}" for reason, n in by_reason.most_common()]
@@ -124,8 +103,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             dest.mkdir(exist_ok=True)
             docs = [{"doc_id": d.doc_id, "title": d.title, "text": d.text, "source": d.source,
                      "sha256": normalized_hash(d.text)} for d in shard]
-            _save(docs, _DOC_FEATURES, dest / "documents")
-            _save(_chunk_rows(chunker, shard), _CHUNK_FEATURES, dest / "chunks")
+            save_rows(docs, dest / "documents", _DOC_FEATURES)
+            save_rows(_chunk_rows(chunker, shard), dest / "chunks", _CHUNK_FEATURES)
         shards.append(dest)
         shard.clear()
         crash_point(f"ingest.shard.{len(shards)}")
@@ -155,12 +134,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     documents = datasets.concatenate_datasets([datasets.load_from_disk(str(s / "documents")) for s in shards])
     chunks = datasets.concatenate_datasets([datasets.load_from_disk(str(s / "chunks")) for s in shards])
-    for name, ds in (("documents", documents), ("chunks", chunks)):
-        tmp = ctx.dir / f"{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        ds.save_to_disk(str(tmp))
-        shutil.rmtree(ctx.dir / name, ignore_errors=True)
-        os.replace(tmp, ctx.dir / name)
+    save_dataset(documents, ctx.dir / "documents")
+    save_dataset(chunks, ctx.dir / "chunks")
 
     tokens = chunks["n_tokens"]
     counts = {

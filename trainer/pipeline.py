@@ -13,14 +13,14 @@ Example::
 
 from __future__ import annotations
 
-from trainer import ingest
+from trainer import generate, ingest
 from trainer.config import Config
 from trainer.errors import StageError
 from trainer.logs import attach_run_log, get_logger
 from trainer.rundir import ProgressFn, RunDir, Stage, StageOutcome, run_stage, stage_status
 
-# Stages in pipeline order; later issues append generate, mine, train, evaluate, export, publish.
-STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE,)}
+# Stages in pipeline order; later issues append mine, train, evaluate, export, publish.
+STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE, generate.STAGE)}
 STAGE_NAMES = list(STAGES)
 
 

@@ -1,0 +1,89 @@
+"""A loopback HTTP proxy in front of a real LLM server that injects faults on demand (tests only).
+
+It forwards every request unchanged, except: the next ``fail`` requests get HTTP ``status`` (with
+Retry-After), and the next ``garbage`` chat completions get a well-formed response whose content
+is not a usable query. ``upstream`` can be swapped while running (a restarted server).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FaultProxy:
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/")
+        self.fail = 0
+        self.status = 503
+        self.garbage = 0
+        self.requests = 0
+        self.auth_headers: list[str] = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None):
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _forward(self, method: str):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                with proxy._lock:
+                    proxy.requests += 1
+                    proxy.auth_headers.append(self.headers.get("Authorization", ""))
+                    if proxy.fail > 0:
+                        proxy.fail -= 1
+                        return self._send(proxy.status, b'{"error": "injected"}', {"Retry-After": "0"})
+                    garbage = proxy.garbage > 0 and self.path.endswith("/chat/completions")
+                    if garbage:
+                        proxy.garbage -= 1
+                if garbage:
+                    out = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": "{\"q\": 1} ??"}}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                    return self._send(200, json.dumps(out).encode())
+                url = proxy.upstream.rsplit("/v1", 1)[0] + self.path
+                req = urllib.request.Request(url, data=body, method=method,
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=120) as resp:
+                        return self._send(resp.status, resp.read())
+                except urllib.error.HTTPError as exc:
+                    return self._send(exc.code, exc.read())
+                except OSError:
+                    return self._send(502, b'{"error": "upstream down"}')
+
+            def do_GET(self):
+                self._forward("GET")
+
+            def do_POST(self):
+                self._forward("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,125 @@
+"""The Messages API client and the embedded llama.cpp server, against a real server (SmolLM2-135M)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trainer.llm_client import ChatClient, EndpointError
+from trainer.llm_server import LocalLLMServer
+from trainer.models import resolve_generator
+
+from .fault_proxy import FaultProxy
+
+MSGS = [{"role": "user", "content": "Write one word: hello"}]
+TOKEN = "hf_PlantedFakeTokenForTests0123456789"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LocalLLMServer(resolve_generator("smollm2-135m-instruct-q4_1"), n_threads=1) as srv:
+        yield srv
+
+
+def test_chat_round_trip(server):
+    client = ChatClient(server.base_url, max_retries=0)
+    text = client.chat(MSGS, max_tokens=8, temperature=0.0, seed=1)
+    assert isinstance(text, str) and text.strip()
+    assert client.chat(MSGS, max_tokens=8, temperature=0.0, seed=1) == text  # seeded: reproducible
+
+
+def test_json_mode_output_parses(server):
+    import json
+
+    client = ChatClient(server.base_url, max_retries=0)
+    fmt = {"type": "json_object", "schema": {"type": "object", "properties": {"word": {"type": "string"}},
+                                             "required": ["word"]}}
+    out = json.loads(client.chat(MSGS, max_tokens=32, temperature=0.0, response_format=fmt))
+    assert isinstance(out["word"], str)
+
+
+def test_token_is_sent_but_never_shown(server):
+    with FaultProxy(server.base_url) as proxy:
+        client = ChatClient(proxy.base_url, token=TOKEN, max_retries=1, backoff_s=0.01)
+        assert client.chat(MSGS, max_tokens=4)
+        assert proxy.auth_headers[-1] == f"Bearer {TOKEN}"
+        proxy.fail, proxy.status = 5, 503
+        with pytest.raises(EndpointError) as info:
+            client.chat(MSGS, max_tokens=4)
+        assert TOKEN not in str(info.value) and "failed after 2 attempts" in str(info.value)
+
+
+@pytest.mark.parametrize("status", [429, 503, 502])
+def test_retries_with_backoff(server, status):
+    with FaultProxy(server.base_url) as proxy:
+        proxy.fail, proxy.status = 2, status
+        client = ChatClient(proxy.base_url, max_retries=3, backoff_s=0.01)
+        assert client.chat(MSGS, max_tokens=4)
+        assert client.stats["retries"] == 2 and proxy.requests == 3
+
+
+def test_client_errors_are_not_retried(server):
+    with FaultProxy(server.base_url) as proxy:
+        proxy.fail, proxy.status = 1, 400
+        client = ChatClient(proxy.base_url, max_retries=3, backoff_s=0.01)
+        with pytest.raises(EndpointError, match="refused the request"):
+            client.chat(MSGS, max_tokens=4)
+        assert proxy.requests == 1
+
+
+def test_connection_refused_gives_up_cleanly():
+    client = ChatClient("http://127.0.0.1:9/v1", max_retries=1, backoff_s=0.01, timeout=2)
+    with pytest.raises(EndpointError, match="failed after 2 attempts"):
+        client.chat(MSGS, max_tokens=4)
+
+
+def test_hub_stays_blocked_offline_while_loopback_works(server):
+    from huggingface_hub.errors import OfflineModeIsEnabled
+    from huggingface_hub.utils import get_session
+
+    ChatClient(server.base_url).chat(MSGS, max_tokens=2)
+    with pytest.raises(OfflineModeIsEnabled):
+        get_session().get("https://huggingface.co/api/models")
+
+
+def test_dead_server_is_restarted_by_the_client_hook():
+    with LocalLLMServer(resolve_generator("smollm2-135m-instruct-q4_1"), n_threads=1) as srv:
+        client = ChatClient(srv.base_url, max_retries=3, backoff_s=0.05, on_connection_error=srv.ensure_alive)
+        assert client.chat(MSGS, max_tokens=4)
+        os.killpg(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait()
+        assert client.chat(MSGS, max_tokens=4)  # connection refused -> hook restarts it -> retry succeeds
+        assert srv.restarts == 1 and client.stats["retries"] >= 1
+
+
+def test_server_is_stopped_on_exit_and_with_its_parent(tmp_path):
+    with LocalLLMServer(resolve_generator("smollm2-135m-instruct-q4_1"), n_threads=1) as srv:
+        pid = srv.proc.pid
+    assert srv.proc is None and not _alive(pid)
+
+    # a parent killed with SIGKILL takes its server with it (PR_SET_PDEATHSIG)
+    code = (
+        "import os, signal, sys\n"
+        "from trainer.llm_server import LocalLLMServer\n"
+        "from trainer.models import resolve_generator\n"
+        "s = LocalLLMServer(resolve_generator('smollm2-135m-instruct-q4_1'), n_threads=1).start()\n"
+        "print(s.proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    child = int(out.stdout.split()[0])
+    deadline = time.time() + 15
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

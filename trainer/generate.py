@@ -1,0 +1,566 @@
+"""Generate stage: synthetic queries for the corpus's chunks from an LLM behind a TGI-compatible endpoint.
+
+With no ``generate.endpoint`` the stage starts the embedded llama.cpp server (``generate.generator``
+weights, offline) and stops it at the end. For each selected chunk it asks ``questions_per_chunk``
+questions, cycling factual, contextual and multi-hop types (multi-hop draws on 2-3 chunks: the
+document's neighbouring chunks, else the nearest chunks of other documents by BM25). Outputs are
+validated; invalid ones are retried with a new seed and then counted. Filters: easiness (copies its
+passage or title), LLM judge (when on), near-duplicates (cosine >= ``dedupe_similarity``).
+
+Every answer is stored as it arrives in ``<run>/cache/llm/<generator>.jsonl`` keyed by the request,
+so a killed run resumes without asking again and a larger cap re-uses earlier answers.
+
+Outputs in ``<run>/stages/generate/``: ``queries`` (query_id, query, type, hops, positive_chunk_ids,
+positive_doc_ids, hop_contexts, judge_* scores, generator, prompt_version), the rejected outputs (task_id,
+type, query, reason) as ``rejected.jsonl`` and ``README.md`` (dataset card).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Any
+
+from trainer._faults import crash_point
+from trainer.config import Config
+from trainer.dataset_io import save_rows
+from trainer.errors import StageError
+from trainer.llm_client import ChatClient, EndpointError
+from trainer.prompts import JUDGE_FIELDS, JUDGE_SCHEMA, PROMPT_VERSION, QUERY_SCHEMA, judge_messages, query_messages
+from trainer.rundir import Stage, StageContext
+
+TYPE_CYCLE = ("factual", "contextual", "multi_hop")
+_FORBIDDEN = re.compile(
+    r"\b(the|this|that|above|given|following|provided)\s+(passage|text|article|document|excerpt|paragraph|"
+    r"abstract|context|snippet)s?\b|\bas an ai\b|\bi('m| am) sorry\b|\bi cannot\b",
+    re.I,
+)
+_PREFIX = re.compile(r"^\s*(?:[-*\d.)]+\s*)?(?:query|question|claim|search query)\s*[:\-]\s*", re.I)
+_WORD = re.compile(r"[A-Za-z0-9]+(?:['’][a-z]+)?")
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    qtype: str
+    chunk_ids: tuple[str, ...]
+
+
+# --- planning -------------------------------------------------------------------------------------
+
+
+def plan_tasks(chunks: list[dict[str, Any]], cfg: Config) -> list[Task]:
+    """Which questions to ask, deterministically from the config and seed."""
+    g = cfg.generate
+    rng = random.Random(cfg.run.seed)
+    by_doc: dict[str, list[dict[str, Any]]] = {}
+    for c in chunks:
+        by_doc.setdefault(c["doc_id"], []).append(c)
+    for rows in by_doc.values():
+        rows.sort(key=lambda r: r["chunk_index"])
+    docs = sorted(by_doc)
+    if g.sample_documents is not None and g.sample_documents < len(docs):
+        docs = sorted(rng.sample(docs, g.sample_documents))
+    if g.min_hops >= 2:
+        types = ["multi_hop"]
+    elif g.max_hops < 2:
+        types = ["factual", "contextual"]
+    else:
+        types = list(TYPE_CYCLE)
+
+    neighbours = _OtherDocNeighbours(chunks)
+    tasks = []
+    for doc in docs:
+        rows = by_doc[doc][: g.max_chunks_per_document]
+        for pos, row in enumerate(rows):
+            for j in range(g.questions_per_chunk):
+                qtype = types[j % len(types)]
+                ids = [row["chunk_id"]]
+                if qtype == "multi_hop":
+                    hops = rng.randint(max(2, g.min_hops), g.max_hops)
+                    same_doc = [r["chunk_id"] for r in by_doc[doc] if r["chunk_id"] != row["chunk_id"]]
+                    same_doc.sort(key=lambda cid: abs(_index_of(by_doc[doc], cid) - pos))
+                    ids += same_doc[: hops - 1]
+                    if len(ids) < hops:
+                        ids += neighbours.nearest(row, exclude_doc=doc, k=hops - len(ids))
+                    if len(ids) < 2:
+                        qtype = "contextual"
+                tasks.append(Task(f"{row['chunk_id']}/{j}", qtype, tuple(ids)))
+    return tasks
+
+
+def _index_of(rows: list[dict[str, Any]], chunk_id: str) -> int:
+    return next(i for i, r in enumerate(rows) if r["chunk_id"] == chunk_id)
+
+
+class _OtherDocNeighbours:
+    """Nearest chunks of other documents by BM25, built lazily (only multi-hop on 1-chunk docs needs it)."""
+
+    def __init__(self, chunks: list[dict[str, Any]]):
+        self.chunks = chunks
+        self._index = None
+
+    def nearest(self, row: dict[str, Any], exclude_doc: str, k: int) -> list[str]:
+        if len(self.chunks) < 2:
+            return []
+        import bm25s
+
+        if self._index is None:
+            self._index = bm25s.BM25()
+            self._index.index(bm25s.tokenize([c["text"] for c in self.chunks], stopwords="en", show_progress=False),
+                              show_progress=False)
+        n = min(len(self.chunks), k + 20)
+        docs, _ = self._index.retrieve(bm25s.tokenize([row["text"][:2000]], stopwords="en", show_progress=False),
+                                       k=n, show_progress=False)
+        out = []
+        for i in docs[0]:
+            c = self.chunks[int(i)]
+            if c["doc_id"] != exclude_doc and c["chunk_id"] not in out:
+                out.append(c["chunk_id"])
+            if len(out) == k:
+                break
+        return out
+
+
+# --- parsing and filters --------------------------------------------------------------------------
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def parse_query(raw: str, min_words: int = 3, max_words: int = 60) -> tuple[str | None, str | None]:
+    """(query, None) when the output is a usable query, else (None, reason)."""
+    text = raw.strip()
+    text = re.sub(r"^```(?:json)?\s*|\s*```$", "", text).strip()
+    query = None
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            value = data.get("query")
+            if value is None:
+                value = next((v for v in data.values() if isinstance(v, str)), None)
+            query = value if isinstance(value, str) else None
+        if query is None:
+            return None, "invalid_json"
+    else:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        query = lines[0] if lines else ""
+    query = _PREFIX.sub("", query).strip().strip("\"'“”").strip()
+    query = " ".join(query.split())
+    n = len(_words(query))
+    if n < min_words:
+        return None, "too_short"
+    if n > max_words:
+        return None, "too_long"
+    if _FORBIDDEN.search(query):
+        return None, "refers_to_passage"
+    if sum(ch.isalpha() for ch in query) < 0.5 * len(query):
+        return None, "not_text"
+    return query, None
+
+
+def copy_reason(query: str, texts: list[str], titles: list[str], max_fraction: float) -> str | None:
+    """Easiness filter: a query that repeats its title or copies a run of its passage teaches nothing."""
+    q = _words(query)
+    for title in titles:
+        t = _words(title)
+        if t and (q == t or (len(t) >= 4 and " ".join(t) in " ".join(q))):
+            return "copies_title"
+    longest = 0
+    for text in texts:
+        w = _words(text)
+        m = SequenceMatcher(None, q, w, autojunk=False).find_longest_match(0, len(q), 0, len(w))
+        longest = max(longest, m.size)
+    if longest >= 5 and longest >= max_fraction * len(q):
+        return "copies_passage"
+    return None
+
+
+def parse_judge(raw: str) -> dict[str, float] | None:
+    text = re.sub(r"^```(?:json)?\s*|\s*```$", "", raw.strip()).strip()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        m = re.search(r"\{.*\}", text, re.S)
+        if not m:
+            return None
+        try:
+            data = json.loads(m.group(0))
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(data, dict):
+        return None
+    scores = {}
+    for field in JUDGE_FIELDS:
+        value = data.get(field)
+        if not isinstance(value, int | float) or not 1 <= value <= 10:
+            return None
+        scores[field] = float(value)
+    return scores
+
+
+def near_duplicates(embeddings, threshold: float) -> list[bool]:
+    """Greedy in order: True for rows whose cosine to an earlier kept row is >= threshold."""
+    import numpy as np
+
+    emb = np.asarray(embeddings, dtype=np.float32)
+    keep_idx: list[int] = []
+    dup = []
+    for i in range(len(emb)):
+        if keep_idx and float(np.max(emb[keep_idx] @ emb[i])) >= threshold:
+            dup.append(True)
+        else:
+            dup.append(False)
+            keep_idx.append(i)
+    return dup
+
+
+# --- the response cache ---------------------------------------------------------------------------
+
+
+class ResponseCache:
+    """Append-only JSONL of request key -> response text; safe to kill at any point."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.data: dict[str, str] = {}
+        if path.is_file():
+            with path.open("rb") as fh:
+                for line in fh:
+                    try:
+                        row = json.loads(line)
+                        self.data[row["key"]] = row["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue  # a line torn by a kill
+        self.hits = 0
+
+    def get(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is not None:
+            self.hits += 1
+        return value
+
+    def put(self, key: str, text: str) -> None:
+        with self._lock:
+            self.data[key] = text
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"key": key, "text": text}) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+
+def request_key(identity: str, messages: list[dict[str, str]], **params: Any) -> str:
+    blob = json.dumps({"id": identity, "m": messages, "p": params}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --- the stage ------------------------------------------------------------------------------------
+
+
+def generator_identity(cfg: Config) -> str:
+    g = cfg.generate
+    if g.endpoint:
+        return f"endpoint:{g.endpoint.rstrip('/')}|{g.model}"
+    from trainer.models import GENERATORS, resolve_generator, sha256_file
+
+    if g.generator in GENERATORS:
+        return f"gguf:{g.generator}:{GENERATORS[g.generator][1][:16]}"
+    return f"gguf:{Path(g.generator).name}:{sha256_file(resolve_generator(g.generator))[:16]}"
+
+
+def _judge_enabled(cfg: Config) -> bool:
+    g = cfg.generate
+    if g.judge == "auto":
+        return bool(g.endpoint or g.judge_endpoint)
+    return g.judge == "on"
+
+
+class _Generator:
+    """Runs requests through the cache with bounded concurrency and the caps."""
+
+    def __init__(self, ctx: StageContext, client: ChatClient, judge_client: ChatClient | None,
+                 cache: ResponseCache, identity: str, kind: str, judge_kind: str):
+        self.ctx, self.cfg = ctx, ctx.cfg
+        self.client, self.judge_client = client, judge_client
+        self.cache, self.identity = cache, identity
+        self.fmt = response_format(kind, QUERY_SCHEMA)
+        self.judge_kind = judge_kind
+        self.calls = 0
+
+    def ask(self, client: ChatClient, messages: list[dict[str, str]], seed: int, schema_fmt: dict | None,
+            max_tokens: int, temperature: float) -> str:
+        key = request_key(self.identity if client is self.client else f"judge:{client.base_url}|{client.model}",
+                          messages, seed=seed, t=temperature, n=max_tokens, fmt=schema_fmt)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        try:
+            text = client.chat(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                               response_format=schema_fmt)
+        except EndpointError:
+            if schema_fmt is None or self.calls:
+                raise
+            # The very first request failed with structured output: the server may not support it.
+            self.ctx.log.warning("endpoint rejected structured output (response_format); continuing with plain "
+                                 "text, every output is still validated")
+            self.fmt = None
+            text = client.chat(messages, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        self.calls += 1
+        self.cache.put(key, text)
+        crash_point(f"generate.call.{self.calls}")
+        return text
+
+    def one(self, task: Task, texts: list[str], titles: list[str]) -> dict[str, Any]:
+        g = self.cfg.generate
+        messages = query_messages(self.cfg.domain, task.qtype, texts)
+        reasons = []
+        for attempt in range(g.invalid_retries + 1):
+            seed = int(hashlib.sha256(f"{self.cfg.run.seed}/{task.task_id}/{attempt}".encode()).hexdigest()[:8], 16)
+            raw = self.ask(self.client, messages, seed, self.fmt, g.max_new_tokens, g.temperature)
+            query, reason = parse_query(raw, g.min_query_words, g.max_query_words)
+            if query is not None:
+                return {"query": query, "reason": None, "attempts": attempt + 1}
+            reasons.append(reason)
+        return {"query": raw.strip()[:500], "reason": f"invalid_output:{reasons[-1]}", "attempts": len(reasons)}
+
+    def judge(self, query: str, texts: list[str]) -> dict[str, float] | None:
+        fmt = response_format(self.judge_kind, JUDGE_SCHEMA)
+        raw = self.ask(self.judge_client, judge_messages(self.cfg.domain, query, texts), 0, fmt, 96, 0.0)
+        return parse_judge(raw)
+
+
+def structured_kind(cfg: Config, embedded: bool) -> str:
+    kind = cfg.generate.structured_output
+    if kind == "auto":
+        return "llama.cpp" if embedded else "tgi"
+    return kind
+
+
+def response_format(kind: str, schema: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON-output request in the server's dialect (None: plain text)."""
+    if kind == "tgi":  # TGI's grammar, enforced by the server
+        return {"type": "json", "value": schema}
+    if kind == "llama.cpp":  # llama.cpp's JSON mode with a schema
+        return {"type": "json_object", "schema": schema}
+    return None
+
+
+def _bounded(executor: ThreadPoolExecutor, fn, items: list, limit: int, stop) -> Iterator[tuple[Any, Future]]:
+    """Submit at most ``limit`` items ahead; stop submitting when ``stop()`` says so."""
+    pending: dict[Future, Any] = {}
+    it = iter(items)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < limit and not stop():
+            try:
+                item = next(it)
+            except StopIteration:
+                exhausted = True
+                break
+            pending[executor.submit(fn, item)] = item
+        if not pending:
+            return
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in done:
+            yield pending.pop(fut), fut
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import datasets
+    from tqdm.auto import tqdm
+
+    from trainer.llm_server import LocalLLMServer
+    from trainer.models import resolve_generator, resolve_model
+
+    datasets.disable_progress_bars()
+    cfg, g = ctx.cfg, ctx.cfg.generate
+    chunks = datasets.load_from_disk(str(ctx.upstream_dir("ingest") / "chunks")).to_list()
+    by_id = {c["chunk_id"]: c for c in chunks}
+    tasks = plan_tasks(chunks, cfg)
+    if not tasks:
+        raise StageError("no chunks to generate queries for (is the ingest output empty?)")
+    identity = generator_identity(cfg)
+    cache_name = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    cache = ResponseCache(ctx.run_dir.root / "cache" / "llm" / f"{cache_name}.jsonl")
+    token = os.environ.get(g.token_env) or None
+    judge_on = _judge_enabled(cfg)
+    started = time.monotonic()
+    server = None
+    try:
+        if g.endpoint:
+            client = ChatClient(g.endpoint, model=g.model, token=token, timeout=g.timeout_s, max_retries=g.max_retries)
+        else:
+            server = LocalLLMServer(resolve_generator(g.generator), n_threads=g.server_threads,
+                                    log_path=ctx.dir / "server.log")
+            server.start()
+            client = ChatClient(server.base_url, model=g.model, timeout=g.timeout_s, max_retries=g.max_retries,
+                                on_connection_error=server.ensure_alive)
+        kind = structured_kind(cfg, embedded=server is not None)
+        judge_kind = kind
+        judge_client = None
+        if judge_on:
+            if g.judge_endpoint:
+                judge_client = ChatClient(g.judge_endpoint, model=g.judge_model or g.model, token=token,
+                                          timeout=g.timeout_s, max_retries=g.max_retries)
+                judge_kind = structured_kind(cfg, embedded=False)
+            else:
+                judge_client = client
+        gen = _Generator(ctx, client, judge_client, cache, identity, kind, judge_kind)
+
+        results: dict[str, dict[str, Any]] = {}
+        valid = 0
+
+        def stop() -> bool:
+            if g.max_queries is not None and valid >= g.max_queries:
+                return True
+            return g.max_minutes is not None and (time.monotonic() - started) / 60 >= g.max_minutes
+
+        def work(task: Task) -> dict[str, Any]:
+            texts = [by_id[c]["text"] for c in task.chunk_ids]
+            titles = sorted({by_id[c]["title"] for c in task.chunk_ids if by_id[c]["title"]})
+            out = gen.one(task, texts, titles)
+            if out["reason"] is None:
+                out["reason"] = copy_reason(out["query"], texts, titles, g.max_copy_fraction)
+            if out["reason"] is None and judge_on:
+                scores = gen.judge(out["query"], texts)
+                out["judge"] = scores
+                if scores is None:
+                    out["reason"] = "judge_unparsed"
+                elif scores["overall"] < g.judge_threshold:
+                    out["reason"] = "judge_below_threshold"
+            return out
+
+        bar = tqdm(total=len(tasks), desc="generate", unit="task", disable=None)
+        with ThreadPoolExecutor(max_workers=g.concurrency) as pool:
+            for task, fut in _bounded(pool, work, tasks, g.concurrency * 2, stop):
+                try:
+                    results[task.task_id] = fut.result()
+                except EndpointError:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                if results[task.task_id]["reason"] is None:
+                    valid += 1
+                bar.update(1)
+                ctx.report(f"generate: {len(results)}/{len(tasks)} tasks, {valid} queries", len(results) / len(tasks))
+        bar.close()
+    finally:
+        if server is not None:
+            server.stop()
+
+    # Near-duplicates, among the queries that passed every other filter, in task order.
+    ordered = [t for t in tasks if t.task_id in results]
+    kept = [t for t in ordered if results[t.task_id]["reason"] is None]
+    if kept:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(resolve_model(cfg.model.name), device="cpu")
+        emb = model.encode([cfg.model.query_prompt + results[t.task_id]["query"] for t in kept],
+                           normalize_embeddings=True, batch_size=64, show_progress_bar=False)
+        for t, dup in zip(kept, near_duplicates(emb, g.dedupe_similarity), strict=True):
+            if dup:
+                results[t.task_id]["reason"] = "near_duplicate"
+
+    rows, rejected = [], []
+    for t in ordered:
+        r = results[t.task_id]
+        if r["reason"] is not None:
+            rejected.append({"task_id": t.task_id, "type": t.qtype, "query": r["query"], "reason": r["reason"]})
+            continue
+        judge = r.get("judge") or {}
+        rows.append({
+            "query_id": f"q{len(rows):06d}",
+            "query": r["query"],
+            "type": t.qtype,
+            "hops": len(t.chunk_ids),
+            "positive_chunk_ids": list(t.chunk_ids),
+            "positive_doc_ids": sorted({by_id[c]["doc_id"] for c in t.chunk_ids}),
+            "hop_contexts": [by_id[c]["text"] for c in t.chunk_ids],
+            **{f"judge_{f}": judge.get(f) for f in JUDGE_FIELDS},
+            "generator": identity,
+            "prompt_version": PROMPT_VERSION,
+            "task_id": t.task_id,
+        })
+    with (ctx.dir / "rejected.jsonl").open("w", encoding="utf-8") as fh:
+        for r in rejected:
+            fh.write(json.dumps(r) + "\n")
+    reasons = Counter(r["reason"].split(":")[0] if r["reason"].startswith("invalid_output") else r["reason"]
+                      for r in rejected)
+    counts = {
+        "tasks_planned": len(tasks),
+        "tasks_done": len(results),
+        "capped": len(results) < len(tasks),
+        "queries": len(rows),
+        "rejected": len(rejected),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "invalid_detail": dict(sorted(Counter(r["reason"] for r in rejected
+                                              if r["reason"].startswith("invalid_output")).items())),
+        "by_type": dict(sorted(Counter(r["type"] for r in rows).items())),
+        "judge": "on" if judge_on else "off",
+        "generator": identity,
+        "prompt_version": PROMPT_VERSION,
+        "llm_calls": gen.calls,
+        "cache_hits": cache.hits,
+        "server_restarts": server.restarts if server else 0,
+        "minutes": round((time.monotonic() - started) / 60, 2),
+    }
+    if not rows:
+        raise StageError(
+            f"no usable queries: all {len(rejected)} outputs were rejected "
+            f"({', '.join(f'{k}: {v}' for k, v in counts['rejected_by_reason'].items())}); see "
+            f"{ctx.dir / 'rejected.jsonl'}. Try a larger generator (generate.generator) or an endpoint."
+        )
+    save_rows(rows, ctx.dir / "queries", _QUERY_FEATURES)
+    for row in rows[:5]:
+        passage = " ".join(row["hop_contexts"][0].split())[:120]
+        ctx.log.info("sample [%s] %s  <-  %s", row["type"], row["query"], passage)
+    from hub_cards.synthetic import synthetic_card
+
+    (ctx.dir / "README.md").write_text(str(synthetic_card(cfg, counts)), encoding="utf-8")
+    return counts
+
+
+_QUERY_FEATURES = {
+    "query_id": "string", "query": "string", "type": "string", "hops": "int32",
+    "positive_chunk_ids": ["string"], "positive_doc_ids": ["string"], "hop_contexts": ["string"],
+    **{f"judge_{f}": "float32" for f in JUDGE_FIELDS},
+    "generator": "string", "prompt_version": "string", "task_id": "string",
+}
+
+
+def _inputs(cfg: Config) -> dict[str, str]:
+    return {"generator": generator_identity(cfg), "prompt_version": PROMPT_VERSION}
+
+
+STAGE = Stage(
+    name="generate",
+    run=run,
+    sections=(
+        "domain", "run.seed", "model.name", "model.query_prompt", "generate.questions_per_chunk", "generate.min_hops",
+        "generate.max_hops", "generate.sample_documents", "generate.max_chunks_per_document",
+        "generate.temperature", "generate.max_new_tokens", "generate.structured_output", "generate.invalid_retries",
+        "generate.judge", "generate.judge_endpoint", "generate.judge_model", "generate.judge_threshold",
+        "generate.dedupe_similarity", "generate.max_copy_fraction", "generate.min_query_words",
+        "generate.max_query_words", "generate.max_queries", "generate.max_minutes",
+    ),
+    upstream=("ingest",),
+    inputs=_inputs,
+    version="1",
+    help="Write synthetic queries for the chunks with an LLM (TGI endpoint, or the embedded llama.cpp server).",
+)

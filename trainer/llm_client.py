@@ -1,0 +1,131 @@
+"""Chat client for TGI's Messages API (/v1/chat/completions) through huggingface_hub's InferenceClient.
+
+Works against TGI, Inference Endpoints, vLLM, llama.cpp and ``transformers serve``: retries with
+exponential backoff on 429/5xx, timeouts and connection errors; the token is passed to the client
+and never logged or put in an error message.
+
+Example::
+
+    >>> client = ChatClient("http://127.0.0.1:8080/v1", max_retries=0)  # doctest: +SKIP
+    >>> client.chat([{"role": "user", "content": "Say hi"}], max_tokens=8)  # doctest: +SKIP
+    'Hi!'
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+
+from trainer.errors import TrainerError
+from trainer.logs import get_logger, redact
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class EndpointError(TrainerError):
+    """The generation endpoint failed after all retries, or refused the request."""
+
+
+def allow_loopback_when_offline() -> None:
+    """With HF_HUB_OFFLINE=1, huggingface_hub refuses every HTTP call, loopback included. Keep the Hub
+    blocked but let the client reach a server on this machine (the embedded generator)."""
+    from huggingface_hub import configure_http_backend, constants
+    from huggingface_hub.utils._http import OfflineAdapter, UniqueRequestIdAdapter
+
+    if not constants.HF_HUB_OFFLINE:
+        return
+
+    def factory() -> requests.Session:
+        session = requests.Session()
+        session.mount("http://", OfflineAdapter())
+        session.mount("https://", OfflineAdapter())
+        for host in ("127.0.0.1", "localhost", "[::1]"):
+            session.mount(f"http://{host}", UniqueRequestIdAdapter())
+            session.mount(f"https://{host}", UniqueRequestIdAdapter())
+        return session
+
+    configure_http_backend(factory)
+
+
+class ChatClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str = "tgi",
+        token: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        on_connection_error: Callable[[], Any] | None = None,
+    ):
+        from huggingface_hub import InferenceClient
+
+        if urlparse(base_url).hostname in _LOOPBACK:
+            allow_loopback_when_offline()
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.on_connection_error = on_connection_error
+        self._client = InferenceClient(base_url=self.base_url, token=token or None, timeout=timeout)
+        self.stats = {"requests": 0, "retries": 0, "errors": 0}
+
+    def _wait(self, attempt: int, retry_after: str | None) -> None:
+        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.75 + 0.5 * random.random())
+        if retry_after:
+            try:
+                delay = max(delay, min(float(retry_after), self.max_backoff_s))
+            except ValueError:
+                pass
+        time.sleep(delay)
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        seed: int | None = None,
+        response_format: dict[str, Any] | None = None,
+        stop: list[str] | None = None,
+    ) -> str:
+        """One chat completion; the assistant's text. Raises EndpointError after the retries."""
+        from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
+
+        log = get_logger()
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            self.stats["requests"] += 1
+            try:
+                out = self._client.chat_completion(
+                    messages=messages, model=self.model, max_tokens=max_tokens, temperature=temperature,
+                    seed=seed, response_format=response_format, stop=stop,
+                )
+                return out.choices[0].message.content or ""
+            except HfHubHTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else None
+                last = f"HTTP {status}: {redact(str(exc).splitlines()[0])}"
+                if status not in RETRY_STATUS:
+                    self.stats["errors"] += 1
+                    raise EndpointError(f"{self.base_url} refused the request ({last})") from None
+                retry_after = exc.response.headers.get("Retry-After") if exc.response is not None else None
+            except (requests.ConnectionError, requests.Timeout, InferenceTimeoutError, TimeoutError) as exc:
+                last = f"{type(exc).__name__}: {redact(str(exc))[:200]}"
+                retry_after = None
+                if self.on_connection_error is not None:
+                    self.on_connection_error()
+            if attempt < self.max_retries:
+                self.stats["retries"] += 1
+                log.debug("endpoint retry %d/%d after %s", attempt + 1, self.max_retries, last)
+                self._wait(attempt, retry_after)
+        self.stats["errors"] += 1
+        raise EndpointError(f"{self.base_url} failed after {self.max_retries + 1} attempts ({last})")

@@ -1,0 +1,171 @@
+"""The embedded generator: a real llama.cpp server (llama-cpp-python) speaking TGI's Messages API.
+
+Started on 127.0.0.1 on a free port, polled until healthy, and stopped on exit, on an exception, on
+Ctrl-C, and (Linux) when the parent process dies, so no server outlives its run.
+
+Example::
+
+    >>> from trainer.models import resolve_generator
+    >>> with LocalLLMServer(resolve_generator("smollm2-135m-instruct-q4_1")) as server:  # doctest: +SKIP
+    ...     server.base_url
+    'http://127.0.0.1:...'
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from trainer.errors import TrainerError
+from trainer.logs import get_logger
+
+
+class ServerError(TrainerError):
+    """The embedded LLM server could not start or died."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is fine
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class LocalLLMServer:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        log_path: Path | None = None,
+        start_timeout: float = 180.0,
+    ):
+        self.model_path = Path(model_path)
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or max(1, (os.cpu_count() or 2))
+        self.log_path = log_path
+        self.start_timeout = start_timeout
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise ServerError("server not started")
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(self.model_path),
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--n_ctx", str(self.n_ctx),
+            "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
+            "--verbose", "false",
+        ]
+
+    def start(self) -> LocalLLMServer:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            raise ServerError(
+                "the embedded generator needs llama-cpp-python: run `bash scripts/setup.sh` (it builds the "
+                "pinned wheel once), or set generate.endpoint to a TGI-compatible server"
+            ) from None
+        if not self.model_path.is_file():
+            raise ServerError(f"generator weights not found: {self.model_path}")
+        if self.port is None or not _port_free(self.port):  # a restart keeps its port if it can
+            self.port = _free_port()
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_TOKEN", "HUGGING"))}
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, preexec_fn=_die_with_parent, start_new_session=True,
+        )
+        if log is not subprocess.DEVNULL:
+            log.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(f"llama.cpp server exited with code {self.proc.returncode} at start"
+                                  f"{self._log_tail()}")
+            if self.healthy():
+                get_logger().info("generator server up at %s (%s)", self.base_url, self.model_path.name)
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise ServerError(f"llama.cpp server not healthy after {self.start_timeout:.0f} s{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        if not self.log_path or not Path(self.log_path).is_file():
+            return ""
+        tail = Path(self.log_path).read_text(errors="replace").splitlines()[-10:]
+        return "; server log:\n  " + "\n  ".join(tail)
+
+    def healthy(self) -> bool:
+        if self.port is None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as resp:
+                return resp.status == 200 and "data" in json.loads(resp.read())
+        except (OSError, ValueError):
+            return False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ensure_alive(self) -> bool:
+        """Restart the server if it died; True when a restart happened."""
+        if self.alive() and self.healthy():
+            return False
+        get_logger().warning("generator server is down; restarting it")
+        self.stop()
+        self.restarts += 1
+        self.start()
+        return True
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+    def __enter__(self) -> LocalLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
