@@ -1,61 +1,280 @@
-"""The Space's UI. It holds no pipeline logic: buttons call ``trainer.pipeline.run_pipeline``.
+"""The Space's UI. It holds no pipeline logic: every button builds a config and starts a background
+job (``trainer.jobs``) that runs ``python -m trainer run --to STAGE``; a timer polls the job.
 
-Stages appear here as they land in the pipeline (today: Data / ingest).
+Steps: Domain -> Data -> Generate -> Mine -> Train -> Evaluate -> Publish & Export. A reload re-attaches
+to the running job; one job at a time; Cancel stops it cleanly (the run stays resumable).
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
 from trainer.config import load_config
 from trainer.errors import TrainerError
+from trainer.jobs import JobManager
 from trainer.logs import redact
-from trainer.pipeline import run_pipeline
+from trainer.paths import data_dir
 
-DEFAULT_SOURCE = "builtin:python-docs"
+STAGES = ("ingest", "generate", "mine", "train", "evaluate", "export", "publish")
+DEFAULT_CORPUS = {
+    "medical": "data:scifact",
+    "scientific": "data:scifact",
+    "legal": "data:aila_casedocs",
+    "code": "builtin:python-docs",
+    "general": "builtin:python-docs",
+}
+DUPLICATE_HELP = (
+    "**Run it on a GPU:** this Space runs on free CPU hardware, where only small runs finish quickly. "
+    "Use *Duplicate this Space* (top-right menu), pick GPU hardware (a T4 is enough for MiniLM-size models), "
+    "and add your Hub token as the secret `HF_TOKEN` (write access) to publish. The Train step detects the "
+    "hardware and picks the matching profile (cpu / t4 / a100)."
+)
 
 
-def ingest_action(source: str, uploads: list[str] | None, run_dir: str, progress=gr.Progress()):  # noqa: B008
-    """Run the ingest stage on a source or uploaded files; returns (status, counts, sample rows)."""
-    import datasets
-
+def detect_profile() -> str:
     try:
-        if uploads:
-            target = Path(run_dir) / "uploads"
-            target.mkdir(parents=True, exist_ok=True)
-            for f in uploads:
-                shutil.copy2(f, target / Path(f).name)
-            source = str(target)
-        cfg = load_config(None, [f"ingest.source={source}", f"run.dir={run_dir}"])
-        outcome = run_pipeline(cfg, only="ingest", progress=lambda msg, frac: progress(frac or 0, desc=msg))[0]
-    except TrainerError as exc:
-        return f"**Error:** {redact(str(exc))}", {}, []
-    chunks = datasets.load_from_disk(str(Path(run_dir) / "stages" / "ingest" / "chunks"))
-    head = chunks.select(range(min(10, len(chunks))))
-    sample = [[r["doc_id"], r["title"], r["text"][:300], r["n_tokens"]] for r in head]
-    return f"Ingest **{outcome.action}**: `{run_dir}/stages/ingest`", outcome.manifest.get("counts", {}), sample
+        import torch
+
+        if torch.cuda.is_available():
+            name = torch.cuda.get_device_name(0)
+            if torch.cuda.device_count() > 1:
+                return "multi-gpu"
+            return "a100" if any(x in name for x in ("A100", "H100", "H200", "L40", "A10G")) else "t4"
+    except ImportError:
+        pass
+    return "cpu"
 
 
-def build_demo(run_root: str = "runs/space") -> gr.Blocks:
+def default_corpus(domain: str) -> str:
+    src = DEFAULT_CORPUS.get(domain, "builtin:python-docs")
+    if src.startswith("data:") and not (data_dir() / src[5:]).is_dir():
+        return "builtin:python-docs"
+    return src
+
+
+# Every run button sends these settings, in this order.
+SETTINGS = (
+    "domain", "source", "uploads", "run_dir", "endpoint", "endpoint_model", "generator", "questions_per_chunk",
+    "sample_documents", "mine_mode", "num_negatives", "margin", "profile", "epochs", "lr", "owner", "repo_name",
+    "private", "onnx",
+)
+
+
+def config_from(values: dict[str, Any]):
+    """The pipeline config the UI's fields describe (the same config the CLI and YAML produce)."""
+    run_dir = values["run_dir"] or "runs/space"
+    source = values["source"]
+    if values.get("uploads"):
+        target = Path(run_dir) / "uploads"
+        target.mkdir(parents=True, exist_ok=True)
+        for f in values["uploads"]:
+            shutil.copy2(f, target / Path(f).name)
+        source = str(target)
+    o = [f"domain={values['domain']}", f"run.dir={run_dir}", f"ingest.source={source}",
+         f"generate.questions_per_chunk={int(values['questions_per_chunk'])}",
+         f"mine.mode={values['mine_mode']}", f"mine.num_negatives={int(values['num_negatives'])}",
+         f"mine.margin={float(values['margin'])}", f"train.profile={values['profile']}",
+         f"train.epochs={float(values['epochs'])}", f"train.lr={float(values['lr'])}",
+         f"publish.private={bool(values['private'])}", f"export.onnx={bool(values['onnx'])}"]
+    if values.get("sample_documents"):
+        o.append(f"generate.sample_documents={int(values['sample_documents'])}")
+    if values.get("endpoint"):
+        o += [f"generate.endpoint={values['endpoint']}", f"generate.model={values.get('endpoint_model') or 'tgi'}"]
+    elif values.get("generator"):
+        o.append(f"generate.generator={values['generator']}")
+    if values.get("owner"):
+        o.append(f"publish.owner={values['owner']}")
+    if values.get("repo_name"):
+        o.append(f"publish.name={values['repo_name']}")
+    return load_config(None, o)
+
+
+class SpaceApp:
+    def __init__(self, run_root: str = "runs/space", state_dir: str | None = None):
+        self.run_root = run_root
+        self.jobs = JobManager(state_dir or os.environ.get("DOMAIN_EMBED_SPACE_STATE", "runs/.space"))
+
+    # --- actions -------------------------------------------------------------------------------
+
+    def start(self, stage: str, *args, oauth_token: gr.OAuthToken | None = None) -> str:
+        values = dict(zip(SETTINGS, args, strict=True))
+        try:
+            cfg = config_from(values)
+            env = {cfg.publish.token_env: oauth_token.token} if oauth_token is not None else None
+            job = self.jobs.start(cfg, stage, env=env)
+        except TrainerError as exc:
+            return f"**Not started:** {redact(str(exc))}"
+        return f"Started: run up to **{stage}** in `{job.run_dir}` (pid {job.pid})."
+
+    def cancel(self) -> str:
+        job = self.jobs.cancel()
+        if job is None:
+            return "No job."
+        return f"Job up to **{job.to}**: {job.status}. Re-run the same step to resume."
+
+    def status(self) -> tuple[str, str, list[list[str]]]:
+        job = self.jobs.current()
+        if job is None:
+            return "No job yet: pick a step and press its Run button.", "", []
+        from trainer.pipeline import status as stage_status
+
+        rows = []
+        try:
+            cfg = load_config(Path(job.run_dir) / "job-config.yaml")
+            rows = [[name, state] for name, state in stage_status(cfg)]
+        except TrainerError:
+            pass
+        head = f"Job up to **{job.to}** in `{job.run_dir}`: **{job.status}**"
+        if job.returncode not in (None, 0):
+            head += f" (exit code {job.returncode}; see the log)"
+        return head, self.jobs.log_tail(30), rows
+
+    # --- results -------------------------------------------------------------------------------
+
+    def _run_dir(self) -> Path:
+        job = self.jobs.current()
+        return Path(job.run_dir) if job else Path(self.run_root)
+
+    def counts(self, stage: str) -> dict[str, Any]:
+        path = self._run_dir() / "stages" / stage / "manifest.json"
+        if not path.is_file():
+            return {}
+        m = json.loads(path.read_text())
+        return {"status": m.get("status"), **(m.get("counts") or {})}
+
+    def sample_queries(self) -> list[list[Any]]:
+        path = self._run_dir() / "stages" / "generate" / "queries"
+        if not path.is_dir():
+            return []
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        return [[r["type"], r["query"], " ".join(r["hop_contexts"][0].split())[:240]]
+                for r in ds.select(range(min(10, len(ds))))]
+
+    def evaluation(self) -> tuple[str, list[str]]:
+        folder = self._run_dir() / "stages" / "evaluate"
+        reports = sorted(folder.glob("*.md")) if folder.is_dir() else []
+        text = "\n\n".join(p.read_text() for p in reports) or "No evaluation yet."
+        plots = [str(p) for p in sorted(folder.rglob("*.png"))] if folder.is_dir() else []
+        return text, plots
+
+    def domains(self) -> tuple[list[list[Any]], str | None, str]:
+        try:
+            from trainer.domains import domains_table, plot_domains
+        except ImportError:
+            return [], None, "The domain ranking is not available in this build."
+        try:
+            rows = domains_table()
+        except TrainerError as exc:
+            return [], None, f"Domain ranking unavailable: {exc}"
+        out = Path(self.run_root) / "domains.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plot = str(plot_domains(rows, out))
+        keys = list(rows[0]) if rows else []
+        table = [[r.get(k) for k in keys] for r in rows]
+        return table, plot, "Ranked by room for improvement: " + ", ".join(keys)
+
+
+def build_demo(run_root: str = "runs/space", state_dir: str | None = None) -> gr.Blocks:
+    app = SpaceApp(run_root, state_dir)
+    on_space = bool(os.environ.get("SPACE_ID"))
     with gr.Blocks(title="Domain embedding specialist") as demo:
         gr.Markdown(
             "# Domain embedding specialist\n"
-            "Turn a general embedding model into a specialist for your domain's retrieval tasks. "
-            "Duplicate this Space to GPU hardware for full-size runs."
+            "Turn a small general embedding model into a retrieval specialist for one domain: synthetic "
+            "queries from your corpus, hard negatives, contrastive fine-tuning, MTEB evaluation, Hub publishing."
         )
-        with gr.Tab("Data"):
-            source = gr.Textbox(
-                DEFAULT_SOURCE, label="Corpus: folder, BEIR folder, hub:<dataset id>, builtin:python-docs"
-            )
-            uploads = gr.File(label="…or upload files (.txt .md .html .pdf .jsonl .csv .parquet)",
-                              file_count="multiple", type="filepath")
-            run_dir = gr.Textbox(run_root, label="Run directory")
-            go = gr.Button("Ingest and chunk", variant="primary")
-            status = gr.Markdown()
-            counts = gr.JSON(label="Counts")
-            sample = gr.Dataframe(headers=["doc_id", "title", "text", "tokens"], label="Sample chunks")
-            go.click(ingest_action, [source, uploads, run_dir], [status, counts, sample], api_name="ingest")
+        gr.Markdown(DUPLICATE_HELP)
+        if on_space:
+            gr.LoginButton()
+        with gr.Row():
+            job_status = gr.Markdown("No job yet.")
+            cancel = gr.Button("Cancel job", variant="stop", scale=0)
+        inputs: dict[str, gr.components.Component] = {}
+        with gr.Tab("1 Domain"):
+            domains_btn = gr.Button("Rank the MTEB subcategories")
+            domains_note = gr.Markdown()
+            domains_table = gr.Dataframe(label="Room for improvement", interactive=False)
+            domains_plot = gr.Image(label="Subcategories", type="filepath")
+            inputs["domain"] = gr.Radio(["medical", "legal", "scientific", "code"], value="scientific",
+                                        label="Subcategory")
+        with gr.Tab("2 Data"):
+            inputs["source"] = gr.Textbox(default_corpus("scientific"), label="Corpus: folder, BEIR folder, "
+                                          "hub:<dataset id>, builtin:python-docs, data:<name>")
+            inputs["uploads"] = gr.File(label="…or upload files (.txt .md .html .pdf .jsonl .csv .parquet)",
+                                        file_count="multiple", type="filepath")
+            inputs["run_dir"] = gr.Textbox(f"{run_root}/run", label="Run directory")
+            ingest_btn = gr.Button("Run: ingest", variant="primary")
+            ingest_counts = gr.JSON(label="Ingest counts")
+        with gr.Tab("3 Generate"):
+            inputs["endpoint"] = gr.Textbox("", label="TGI endpoint URL (empty: the embedded llama.cpp server)",
+                                            placeholder="https://xyz.endpoints.huggingface.cloud/v1")
+            inputs["endpoint_model"] = gr.Textbox("tgi", label="Endpoint model name")
+            inputs["generator"] = gr.Dropdown(
+                ["qwen2.5-coder-0.5b-instruct-q4_k_m", "qwen2.5-coder-1.5b-instruct-q4_k_m",
+                 "smollm2-135m-instruct-q4_1"], value="qwen2.5-coder-0.5b-instruct-q4_k_m",
+                label="Embedded generator (offline weights)")
+            inputs["questions_per_chunk"] = gr.Slider(1, 6, value=3, step=1, label="Questions per chunk")
+            inputs["sample_documents"] = gr.Number(200, precision=0, label="Sample of documents (0: all)")
+            generate_btn = gr.Button("Run: generate", variant="primary")
+            gen_counts = gr.JSON(label="Generation counts")
+            gen_sample = gr.Dataframe(headers=["type", "query", "passage"], label="Sample queries",
+                                      interactive=False)
+        with gr.Tab("4 Mine"):
+            inputs["mine_mode"] = gr.Radio(["hybrid", "dense", "bm25"], value="hybrid", label="Negatives from")
+            inputs["num_negatives"] = gr.Slider(1, 10, value=5, step=1, label="Hard negatives per query")
+            inputs["margin"] = gr.Slider(0.8, 1.0, value=0.95, step=0.01, label="Margin (x lowest positive score)")
+            mine_btn = gr.Button("Run: mine", variant="primary")
+            mine_counts = gr.JSON(label="Mining counts")
+        with gr.Tab("5 Train"):
+            inputs["profile"] = gr.Radio(["cpu", "t4", "a100", "multi-gpu"], value=detect_profile(),
+                                         label="Hardware profile (detected)")
+            inputs["epochs"] = gr.Number(3, label="Epochs")
+            inputs["lr"] = gr.Number(1e-5, label="Learning rate")
+            train_btn = gr.Button("Run: train", variant="primary")
+            train_counts = gr.JSON(label="Training counts")
+        with gr.Tab("6 Evaluate"):
+            evaluate_btn = gr.Button("Run: evaluate", variant="primary")
+            eval_report = gr.Markdown()
+            eval_plots = gr.Gallery(label="Plots", columns=3)
+        with gr.Tab("7 Publish & Export"):
+            inputs["owner"] = gr.Textbox("", label="Hub owner (user or organisation)")
+            inputs["repo_name"] = gr.Textbox("", label="Repository base name (default: from the run)")
+            inputs["private"] = gr.Checkbox(True, label="Private repositories")
+            inputs["onnx"] = gr.Checkbox(True, label="Export ONNX (fp32 + int8)")
+            gr.Markdown("The Hub token comes from the `HF_TOKEN` secret or your login; it is never shown "
+                        "or written to disk. Without one, the files to push are written to the run directory.")
+            export_btn = gr.Button("Run: export", variant="secondary")
+            publish_btn = gr.Button("Run: publish", variant="primary")
+            publish_counts = gr.JSON(label="Publish counts")
+        log = gr.Textbox(label="Live log", lines=14, max_lines=30, autoscroll=True)
+        stages = gr.Dataframe(headers=["stage", "state"], label="Stages", interactive=False)
+
+        settings = [inputs[k] for k in SETTINGS]
+        inputs["domain"].change(default_corpus, inputs["domain"], inputs["source"])
+        for stage, btn in (("ingest", ingest_btn), ("generate", generate_btn), ("mine", mine_btn),
+                           ("train", train_btn), ("evaluate", evaluate_btn), ("export", export_btn),
+                           ("publish", publish_btn)):
+            btn.click(functools.partial(app.start, stage), settings, job_status, api_name=f"run_{stage}")
+        cancel.click(app.cancel, None, job_status, api_name="cancel")
+        domains_btn.click(app.domains, None, [domains_table, domains_plot, domains_note], api_name="domains")
+
+        def refresh():
+            head, text, rows = app.status()
+            report, plots = app.evaluation()
+            return (head, text, rows, app.counts("ingest"), app.counts("generate"), app.sample_queries(),
+                    app.counts("mine"), app.counts("train"), report, plots, app.counts("publish"))
+
+        outputs = [job_status, log, stages, ingest_counts, gen_counts, gen_sample, mine_counts, train_counts,
+                   eval_report, eval_plots, publish_counts]
+        gr.Timer(2.0).tick(refresh, None, outputs, api_name="status")
+        demo.load(refresh, None, outputs)
     return demo

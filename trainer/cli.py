@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import textwrap
 
@@ -94,10 +95,15 @@ def explain_table() -> str:
     return "\n".join(lines)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_console(args.verbose)
+    signal.signal(signal.SIGTERM, _interrupt)  # clean up (servers, locks) as on Ctrl-C
     try:
         if args.command == "config" and args.explain and args.markdown:
             print(explain_table())

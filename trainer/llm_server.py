@@ -110,6 +110,7 @@ class LocalLLMServer:
         )
         if log is not subprocess.DEVNULL:
             log.close()
+            Path(self.log_path).with_suffix(".pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
