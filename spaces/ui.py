@@ -183,8 +183,12 @@ class SpaceApp:
         return table, plot, "Ranked by room for improvement: " + ", ".join(keys)
 
 
-def build_demo(run_root: str = "runs/space", state_dir: str | None = None) -> gr.Blocks:
+def build_demo(run_root: str = "runs/space", state_dir: str | None = None,
+               defaults: dict[str, Any] | None = None) -> gr.Blocks:
+    """The Space UI; ``defaults`` pre-fills settings (e.g. {"generator": ..., "sample_documents": 20})."""
     app = SpaceApp(run_root, state_dir)
+    d = {"domain": "scientific", "generator": "qwen2.5-coder-0.5b-instruct-q4_k_m", "questions_per_chunk": 3,
+         "sample_documents": 200, **(defaults or {})}
     on_space = bool(os.environ.get("SPACE_ID"))
     with gr.Blocks(title="Domain embedding specialist") as demo:
         gr.Markdown(
@@ -196,7 +200,7 @@ def build_demo(run_root: str = "runs/space", state_dir: str | None = None) -> gr
         if on_space:
             gr.LoginButton()
         with gr.Row():
-            job_status = gr.Markdown("No job yet.")
+            job_status = gr.Markdown("No job yet.", elem_id="job-status")
             cancel = gr.Button("Cancel job", variant="stop", scale=0)
         inputs: dict[str, gr.components.Component] = {}
         with gr.Tab("1 Domain"):
@@ -204,15 +208,17 @@ def build_demo(run_root: str = "runs/space", state_dir: str | None = None) -> gr
             domains_note = gr.Markdown()
             domains_table = gr.Dataframe(label="Room for improvement", interactive=False)
             domains_plot = gr.Image(label="Subcategories", type="filepath")
-            inputs["domain"] = gr.Radio(["medical", "legal", "scientific", "code"], value="scientific",
+            inputs["domain"] = gr.Radio(["medical", "legal", "scientific", "code"], value=d["domain"],
                                         label="Subcategory")
         with gr.Tab("2 Data"):
-            inputs["source"] = gr.Textbox(default_corpus("scientific"), label="Corpus: folder, BEIR folder, "
-                                          "hub:<dataset id>, builtin:python-docs, data:<name>")
+            inputs["source"] = gr.Textbox(
+                d.get("source") or default_corpus(d["domain"]),
+                label="Corpus: folder, BEIR folder, hub:<dataset id>, builtin:python-docs, data:<name>",
+            )
             inputs["uploads"] = gr.File(label="…or upload files (.txt .md .html .pdf .jsonl .csv .parquet)",
                                         file_count="multiple", type="filepath")
             inputs["run_dir"] = gr.Textbox(f"{run_root}/run", label="Run directory")
-            ingest_btn = gr.Button("Run: ingest", variant="primary")
+            ingest_btn = gr.Button("Run: ingest", variant="primary", elem_id="run-ingest")
             ingest_counts = gr.JSON(label="Ingest counts")
         with gr.Tab("3 Generate"):
             inputs["endpoint"] = gr.Textbox("", label="TGI endpoint URL (empty: the embedded llama.cpp server)",
@@ -220,14 +226,16 @@ def build_demo(run_root: str = "runs/space", state_dir: str | None = None) -> gr
             inputs["endpoint_model"] = gr.Textbox("tgi", label="Endpoint model name")
             inputs["generator"] = gr.Dropdown(
                 ["qwen2.5-coder-0.5b-instruct-q4_k_m", "qwen2.5-coder-1.5b-instruct-q4_k_m",
-                 "smollm2-135m-instruct-q4_1"], value="qwen2.5-coder-0.5b-instruct-q4_k_m",
+                 "smollm2-135m-instruct-q4_1"], value=d["generator"],
                 label="Embedded generator (offline weights)")
-            inputs["questions_per_chunk"] = gr.Slider(1, 6, value=3, step=1, label="Questions per chunk")
-            inputs["sample_documents"] = gr.Number(200, precision=0, label="Sample of documents (0: all)")
-            generate_btn = gr.Button("Run: generate", variant="primary")
+            inputs["questions_per_chunk"] = gr.Slider(1, 6, value=d["questions_per_chunk"], step=1,
+                                                      label="Questions per chunk")
+            inputs["sample_documents"] = gr.Number(d["sample_documents"], precision=0,
+                                                   label="Sample of documents (0: all)")
+            generate_btn = gr.Button("Run: generate", variant="primary", elem_id="run-generate")
             gen_counts = gr.JSON(label="Generation counts")
             gen_sample = gr.Dataframe(headers=["type", "query", "passage"], label="Sample queries",
-                                      interactive=False)
+                                      interactive=False, elem_id="sample-queries")
         with gr.Tab("4 Mine"):
             inputs["mine_mode"] = gr.Radio(["hybrid", "dense", "bm25"], value="hybrid", label="Negatives from")
             inputs["num_negatives"] = gr.Slider(1, 10, value=5, step=1, label="Hard negatives per query")

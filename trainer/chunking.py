@@ -105,7 +105,7 @@ class Chunker:
     def count(self, texts: list[str]) -> list[int]:
         if not texts:
             return []
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         return [len(x) for x in ids]
 
     def budget(self, title: str) -> int:
@@ -114,7 +114,7 @@ class Chunker:
 
     def _cut(self, text: str, start: int, end: int, budget: int) -> list[tuple[int, int, int]]:
         """Cut one over-long span at token boundaries: (start, end, n_tokens) pieces."""
-        enc = self.tokenizer(text[start:end], add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.tokenizer(text[start:end], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offsets = enc["offset_mapping"]
         pieces = []
         for i in range(0, len(offsets), budget):
