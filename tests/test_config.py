@@ -90,3 +90,17 @@ def test_shipped_configs_load():
     assert configs, "configs/ should ship example configs"
     for path in configs:
         load_config(path)
+
+
+def test_hardware_profile_applies_under_the_users_settings(tmp_path):
+    cpu = load_config(None, ["train.profile=cpu"])
+    assert cpu.train.max_seq_length == 128 and cpu.train.precision == "fp32"
+    mine = load_config(None, ["train.profile=cpu", "train.max_seq_length=256"])
+    assert mine.train.max_seq_length == 256  # the user's value wins over the profile's
+    t4 = tmp_path / "t4.yaml"
+    t4.write_text("train:\n  profile: t4\n  epochs: 1\n")
+    cfg = load_config(t4)
+    assert cfg.train.precision == "fp16" and cfg.train.loss == "cached_mnrl" and cfg.train.epochs == 1
+    assert load_config().train.profile is None and load_config().train.epochs == 3  # recipe by default
+    with pytest.raises(ConfigError, match="train.profile"):
+        load_config(None, ["train.profile=tpu"])

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-run the --to stage even if up to date")
     p.add_argument("--source", help="corpus (same as --set ingest.source=...)")
 
+    sub.add_parser("domains", help="rank the MTEB subcategories by room for improvement (see `domains --help`)",
+                   add_help=False)
+
     p = sub.add_parser("status", help="show each stage's state in the run directory")
     _common(p)
 
@@ -100,6 +103,11 @@ def _interrupt(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["domains"]:  # its own options (results folder, output), no run config
+        from trainer.domains import main as domains_main
+
+        return domains_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_console(args.verbose)

@@ -178,8 +178,9 @@ class MineConfig(_Section):
 
 
 class TrainConfig(_Section):
-    profile: Literal["cpu", "t4", "a100", "multi-gpu"] = Field(
-        "cpu", description="Hardware profile (a label; the settings live in configs/hardware/<profile>.yaml)."
+    profile: Literal["cpu", "t4", "a100", "multi-gpu"] | None = Field(
+        None, description="Hardware profile: its settings (configs/hardware/<profile>.yaml) are applied under "
+        "yours. None: the recipe's settings as configured."
     )
     loss: Literal["mnrl", "cached_mnrl"] = Field(
         "mnrl", description="MultipleNegativesRankingLoss or its GradCache form (large batches on small GPUs)."
@@ -258,16 +259,67 @@ class EvaluateConfig(_Section):
 
 
 class ExportConfig(_Section):
-    onnx: bool = Field(True, description="Export ONNX fp32.")
+    onnx: bool = Field(True, description="Export ONNX fp32 (a sentence-transformers folder with onnx/model.onnx); "
+                       "false skips the stage's work.")
     int8: bool = Field(True, description="Also export int8 dynamic quantization.")
+    int8_config: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"] = Field(
+        "auto", description="int8 quantization target; auto: avx512_vnni when this CPU has it, arm64 on ARM, "
+        "else avx2."
+    )
+    optimize: Literal["none", "O1", "O2", "O3"] = Field(
+        "none", description="Also write an Optimum graph-optimized fp32 file (onnx/model_<level>.onnx), "
+        "parity-checked like model.onnx."
+    )
+    parity_passages: int = Field(1000, ge=10, description="Passages embedded by PyTorch and ONNX for the parity check.")
+    parity_corpus: str | None = Field(
+        None, description="Parity passages: a BEIR folder, a .jsonl file (text field) or 'data:<name>'; default: "
+        "data:scifact when present, else the run's ingest chunks."
+    )
+    min_cosine: float = Field(0.999, gt=0, le=1, description="fp32 parity: the lowest cosine (ONNX vs PyTorch) "
+                              "allowed over the parity passages.")
+    retrieval_check: str | None = Field(
+        None, description="BEIR folder or 'data:<name>' on which int8 nDCG@10 is compared with PyTorch; default: "
+        "evaluate.beir_dir, else the domain's shared set (legal: aila_statutes, others: scifact), else the run's "
+        "synthetic test split; 'off' skips it."
+    )
+    retrieval_split: str = Field("test", description="Qrels split of retrieval_check.")
+    retrieval_max_queries: int = Field(300, ge=1, description="Most queries of the int8 retrieval check.")
+    retrieval_max_corpus: int = Field(
+        2000, ge=1, description="Most documents of the int8 retrieval check (the judged ones are always kept)."
+    )
+    max_ndcg_drop: float = Field(0.5, ge=0, description="int8 parity: the largest nDCG@10 drop vs PyTorch, in points "
+                                 "(0-100 scale).")
+    on_parity_failure: Literal["fail", "warn"] = Field(
+        "fail", description="A failed parity check stops the stage (fail) or is recorded in the manifest and "
+        "logged (warn)."
+    )
+    batch_size: int = Field(32, ge=1, description="Encoding batch size of the parity checks.")
 
 
 class PublishConfig(_Section):
-    owner: str | None = Field(None, description="Hub user or organisation to push to.")
-    name: str | None = Field(None, description="Repository base name; default: derived from the run.")
+    owner: str | None = Field(None, description="Hub user or organisation to push to; default: the token's user.")
+    name: str | None = Field(
+        None, description="Model repository name (datasets get -queries / -training-set suffixes); default: "
+        "<base model>-<domain>-<run dir name>."
+    )
     private: bool = Field(True, description="Create private repositories.")
     token_env: str = Field("HF_TOKEN", description="Environment variable holding the Hub token (never stored).")
-    push_checkpoints: bool = Field(False, description="Push training checkpoints as they are saved.")
+    push_checkpoints: bool = Field(
+        False, description="Push training checkpoints as they are saved, to <name>-checkpoints (recorded here; the "
+        "train stage applies it through trainer.publish.checkpoint_hub_kwargs)."
+    )
+    push_datasets: bool = Field(True, description="Also push the synthetic queries and the mined training set.")
+    dry_run: bool = Field(
+        False, description="Write the folders to push and the commands to push them, but push nothing (what "
+        "happens anyway without a token or offline)."
+    )
+    license: str | None = Field(
+        None, description="Licence of the corpus (a Hub licence id such as cc-by-4.0); the datasets inherit it. "
+        "Default: 'other', with a note to check the corpus's licence."
+    )
+    model_license: str | None = Field(None, description="Licence of the model; default: the base model's.")
+    max_retries: int = Field(4, ge=0, description="Retries per repository on 429/5xx/connection errors.")
+    retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles on each retry.")
 
 
 class Config(_Section):
@@ -335,6 +387,23 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, section by section."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _profile_data(name: str) -> dict[str, Any]:
+    from trainer.paths import REPO_ROOT
+
+    path = REPO_ROOT / "configs" / "hardware" / f"{name}.yaml"
+    if not path.is_file():
+        return {}  # an unknown name is reported by validation of train.profile
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or defaults), apply 'section.key=value' overrides, validate."""
     data: dict[str, Any] = {}
@@ -352,6 +421,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(data, key, value)
+    profile = (data.get("train") or {}).get("profile") if isinstance(data.get("train"), dict) else None
+    if profile:
+        data = _merge(_profile_data(str(profile)), data)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

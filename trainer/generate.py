@@ -81,11 +81,13 @@ def plan_tasks(chunks: list[dict[str, Any]], cfg: Config) -> list[Task]:
 
     neighbours = _OtherDocNeighbours(chunks)
     tasks = []
+    n_chunk = 0  # types rotate across chunks too, so one question per chunk still mixes them
     for doc in docs:
         rows = by_doc[doc][: g.max_chunks_per_document]
         for pos, row in enumerate(rows):
+            n_chunk += 1
             for j in range(g.questions_per_chunk):
-                qtype = types[j % len(types)]
+                qtype = types[(j + n_chunk - 1) % len(types)]
                 ids = [row["chunk_id"]]
                 if qtype == "multi_hop":
                     hops = rng.randint(max(2, g.min_hops), g.max_hops)

@@ -13,14 +13,16 @@ Example::
 
 from __future__ import annotations
 
-from trainer import generate, ingest
+from trainer import evaluate, generate, ingest, mine, publish, train
 from trainer.config import Config
 from trainer.errors import StageError
 from trainer.logs import attach_run_log, get_logger
 from trainer.rundir import ProgressFn, RunDir, Stage, StageOutcome, run_stage, stage_status
 
-# Stages in pipeline order; later issues append mine, train, evaluate, export, publish.
-STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE, generate.STAGE)}
+# Stages in pipeline order.
+STAGES: dict[str, Stage] = {
+    s.name: s for s in (ingest.STAGE, generate.STAGE, mine.STAGE, train.STAGE, evaluate.STAGE, publish.STAGE)
+}
 STAGE_NAMES = list(STAGES)
 
 

@@ -1,0 +1,617 @@
+"""Mine stage: split by document, find hard negatives for the training queries, write training rows.
+
+Reads ``<run>/stages/ingest/chunks`` and ``<run>/stages/generate/queries`` (query_id, query, type,
+hops, positive_chunk_ids, positive_doc_ids). Outputs in ``<run>/stages/mine/``:
+
+- ``train/``: a ``datasets`` Dataset whose columns are exactly what sentence-transformers losses
+  read, in order: ``anchor`` (the query), ``positive``, ``negative_1`` .. ``negative_<k>``.
+  Passages are ``title + " " + text`` (MTEB's BEIR convention, so training sees what evaluation
+  embeds); no prompts are baked in (the train stage applies ``model.query_prompt`` /
+  ``model.passage_prompt``). A query with several positives (multi-hop) gives one row per positive,
+  all sharing the query's negatives.
+- ``train_meta/``: row-aligned metadata: query_id, positive_id, positive_score, negative_ids,
+  negative_scores (base-model cosine), type, hops.
+- ``split/``: (doc_id, split) for every document that has chunks.
+- ``test_beir/``: the held-out split for evaluation in BEIR layout: ``corpus.jsonl`` (every chunk:
+  _id = chunk_id, title, text), ``queries.jsonl`` (test queries), ``qrels/test.tsv``.
+- ``stats.json`` (split and filter counts, negatives found per query, score distributions) and
+  ``scores_hist.png``.
+
+How it works:
+
+1. **Split by document** (``mine.test_fraction``, seeded by ``run.seed``). A query goes to the side
+   that holds all its positive documents; one whose positives span both sides is dropped (counted).
+   Candidates are retrieved from the training documents only, so no text of a test document is
+   trained on, not even as a negative.
+2. **Candidates**: exact dense search with the base model (normalized embeddings; faiss above
+   ``FAISS_MIN_CHUNKS`` passages) and BM25 (bm25s), ``mine.candidates`` each, fused by reciprocal
+   rank (``rrf``) or an alternating ``union`` (``mine.mode=hybrid``); or one of them alone.
+3. **False-negative guard**, in this order, every candidate counted under the first rule it fails:
+   a positive of the query; a chunk of a positive's document (``mine.exclude_positive_documents``);
+   a near-duplicate of a positive (cosine >= ``mine.duplicate_similarity`` or the same normalized
+   text) or of an already kept negative; a base-model score above the margin threshold
+   (:func:`margin_threshold`, NV-Retriever's TopK-PercPos at 0.95). The first ``mine.num_negatives``
+   survivors in fused order are kept.
+4. A query left with fewer than k negatives is retried once with 10x the candidates; if still short
+   (tiny corpora), its rows are dropped and counted (``queries_short``, ``rows_dropped_short``):
+   sentence-transformers needs the same number of negative columns in every row.
+
+Passage and query embeddings are cached in ``_work/`` in blocks of ``EMBED_BLOCK``; a killed run
+resumes from the finished blocks and writes byte-identical outputs.
+
+Example::
+
+    >>> margin_threshold(0.8, 0.95, "perc")  # candidates scoring above this are dropped
+    0.76
+    >>> select_negatives([(3, 0.768), (4, 0.752), (5, 0.5)], 0.8, k=1, margin=0.95, margin_type="perc")
+    ([4], Counter({'margin': 1}))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer._faults import crash_point
+from trainer.config import Config
+from trainer.errors import InputError
+from trainer.models import resolve_model
+from trainer.rundir import Stage, StageContext
+
+EMBED_BLOCK = 4096  # passages per cached embedding block: the unit a killed run resumes from
+FAISS_MIN_CHUNKS = 50_000  # from this many passages on, exact search runs on a faiss IndexFlatIP
+RRF_K = 60  # the usual reciprocal-rank-fusion constant
+WIDEN_FACTOR = 10  # a query short of negatives is retried once with this many times the candidates
+REQUIRED_QUERY_COLUMNS = ("query_id", "query", "positive_chunk_ids")
+
+
+# ---------------------------------------------------------------- pure helpers (unit-tested)
+
+
+def passage_text(title: str | None, text: str) -> str:
+    """A chunk as it is embedded and trained on: ``(title + " " + text).strip()``, as MTEB embeds BEIR docs."""
+    return f"{title} {text}".strip() if title else text.strip()
+
+
+def normalized(text: str) -> str:
+    """Text compared for exact duplicates: NFKC, case-folded, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def split_documents(doc_ids: Sequence[str], test_fraction: float, seed: int) -> set[str]:
+    """The held-out documents: the first ``round(n * test_fraction)`` of a seeded shuffle of the sorted ids.
+
+    With two or more documents and ``test_fraction > 0`` each side gets at least one document.
+    """
+    ids = sorted(set(doc_ids))
+    n_test = int(len(ids) * test_fraction + 0.5)
+    if test_fraction > 0 and len(ids) >= 2:
+        n_test = min(max(n_test, 1), len(ids) - 1)
+    random.Random(seed).shuffle(ids)
+    return set(ids[:n_test])
+
+
+def margin_threshold(min_positive: float, margin: float, margin_type: str) -> float:
+    """Candidates scoring above this are treated as likely false negatives and dropped.
+
+    ``perc``: ``margin`` x the query's lowest positive score, written as ``pos - |pos| * (1 - margin)``
+    so that a negative positive score moves the threshold down, not up (the same as
+    sentence-transformers' ``relative_margin = 1 - margin``). ``abs``: ``pos - margin``.
+    """
+    if margin_type == "perc":
+        return round(min_positive - abs(min_positive) * (1.0 - margin), 12)
+    if margin_type == "abs":
+        return round(min_positive - margin, 12)
+    raise ValueError(f"unknown margin_type {margin_type!r}")
+
+
+def select_negatives(
+    candidates: Sequence[tuple[int, float]],
+    min_positive: float,
+    *,
+    k: int,
+    margin: float,
+    margin_type: str,
+    reject: Callable[[int], str | None] | None = None,
+    key: Callable[[int], str] | None = None,
+) -> tuple[list[int], Counter]:
+    """The first ``k`` candidates (in the given order) that pass the guard, and drop counts by reason.
+
+    ``candidates`` are (index, base-model score) pairs; ``reject(index)`` returns a reason to drop a
+    candidate before its score is looked at (positive, same document, near-duplicate), or None; a
+    survivor whose ``key(index)`` (normalized text) equals an earlier survivor's is dropped as
+    ``duplicate_negative``. Every candidate is examined, so the counts describe the whole candidate
+    pool, not just the first k.
+    """
+    threshold = margin_threshold(min_positive, margin, margin_type)
+    kept: list[int] = []
+    keys: set[str] = set()
+    drops: Counter = Counter()
+    for index, score in candidates:
+        why = reject(index) if reject is not None else None
+        if why is None and score > threshold:
+            why = "margin"
+        if why is None and key is not None:
+            text_key = key(index)
+            if text_key in keys:
+                why = "duplicate_negative"
+            keys.add(text_key)
+        if why is not None:
+            drops[why] += 1
+        elif len(kept) < k:
+            kept.append(index)
+    return kept, drops
+
+
+def fuse(dense: Sequence[int], lexical: Sequence[int], how: str) -> list[int]:
+    """One candidate ranking from a dense and a BM25 ranking.
+
+    ``rrf``: by sum of 1 / (60 + rank), ties by best rank then index. ``union``: alternate between
+    the two rankings (dense first), skipping what was already taken, so both kinds of confuser get
+    the same share of the top places.
+    """
+    if how == "rrf":
+        score: dict[int, float] = {}
+        best: dict[int, int] = {}
+        for ranking in (dense, lexical):
+            for rank, i in enumerate(ranking):
+                score[i] = score.get(i, 0.0) + 1.0 / (RRF_K + rank + 1)
+                best[i] = min(best.get(i, rank), rank)
+        return sorted(score, key=lambda i: (-score[i], best[i], i))
+    if how == "union":
+        out: list[int] = []
+        seen: set[int] = set()
+        for pair in zip_longest(dense, lexical):
+            for i in pair:
+                if i is not None and i not in seen:
+                    seen.add(i)
+                    out.append(i)
+        return out
+    raise ValueError(f"unknown fusion {how!r}")
+
+
+def dense_search(queries: np.ndarray, passages: np.ndarray, k: int) -> list[list[int]]:
+    """Exact top-k by inner product (cosine, as embeddings are normalized), best first, ties by index."""
+    k = min(k, len(passages))
+    if k <= 0 or len(queries) == 0:
+        return [[] for _ in range(len(queries))]
+    if len(passages) >= FAISS_MIN_CHUNKS:
+        import faiss
+
+        index = faiss.IndexFlatIP(passages.shape[1])
+        index.add(np.ascontiguousarray(passages, dtype=np.float32))
+        _, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return [[int(i) for i in row if i >= 0] for row in idx]
+    out: list[list[int]] = []
+    for start in range(0, len(queries), 256):
+        sims = queries[start:start + 256] @ passages.T
+        if k < sims.shape[1]:
+            part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        else:
+            part = np.broadcast_to(np.arange(sims.shape[1]), sims.shape).copy()
+        top = np.take_along_axis(sims, part, axis=1)
+        order = np.lexsort((part, -top), axis=1)
+        out.extend(np.take_along_axis(part, order, axis=1).tolist())
+    return out
+
+
+class BM25Index:
+    """bm25s over the training passages (English stopwords removed, no stemming)."""
+
+    def __init__(self, passages: Sequence[str]):
+        import bm25s
+
+        self.n = len(passages)
+        self._bm25s = bm25s
+        self._retriever = None
+        if self.n:
+            self._retriever = bm25s.BM25()
+            self._retriever.index(bm25s.tokenize(list(passages), stopwords="en", show_progress=False),
+                                  show_progress=False)
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[int]]:
+        """Top-k passage indices per query, best first; passages sharing no term are left out."""
+        k = min(k, self.n)
+        if k <= 0 or not queries or self._retriever is None:
+            return [[] for _ in queries]
+        tokens = self._bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
+        docs, scores = self._retriever.retrieve(tokens, k=k, show_progress=False)
+        return [[int(d) for d, s in zip(drow, srow) if s > 0] for drow, srow in zip(docs, scores)]
+
+
+def distribution(values: Sequence[float]) -> dict[str, float | int]:
+    if not len(values):
+        return {"count": 0}
+    a = np.asarray(values, dtype=np.float64)
+    q = np.percentile(a, [10, 50, 90])
+    return {
+        "count": len(a), "mean": round(float(a.mean()), 4), "std": round(float(a.std()), 4),
+        "min": round(float(a.min()), 4), "p10": round(float(q[0]), 4), "median": round(float(q[1]), 4),
+        "p90": round(float(q[2]), 4), "max": round(float(a.max()), 4),
+    }
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass
+class Query:
+    query_id: str
+    text: str
+    type: str
+    hops: int
+    positives: list[int]  # row indices into the chunk table
+    docs: set[str]
+    # filled while mining
+    negatives: list[int] = field(default_factory=list)
+    negative_scores: list[float] = field(default_factory=list)
+    positive_scores: list[float] = field(default_factory=list)
+
+
+def load_inputs(ctx: StageContext):
+    import datasets
+
+    chunks_dir = ctx.upstream_dir("ingest") / "chunks"
+    queries_dir = ctx.upstream_dir("generate") / "queries"
+    for path, stage in ((chunks_dir, "ingest"), (queries_dir, "generate")):
+        if not path.is_dir():
+            raise InputError(f"{path} is missing: the {stage} stage's output was moved or deleted; "
+                             f"re-run it (`python -m trainer run --to mine`)")
+    chunks = datasets.load_from_disk(str(chunks_dir))
+    queries = datasets.load_from_disk(str(queries_dir))
+    missing = [c for c in REQUIRED_QUERY_COLUMNS if c not in queries.column_names]
+    if missing:
+        raise InputError(f"{queries_dir} lacks the columns {missing} (it has {queries.column_names}); "
+                         "it was not written by this version of the generate stage: re-run generate")
+    return chunks, queries
+
+
+def assign_queries(
+    rows: Sequence[dict[str, Any]], chunk_row: dict[str, int], chunk_doc: Sequence[str], test_docs: set[str]
+) -> tuple[list[Query], list[Query], Counter]:
+    """Queries of the train side, of the test side, and drop counts by reason."""
+    train: list[Query] = []
+    test: list[Query] = []
+    dropped: Counter = Counter()
+    seen: set[str] = set()
+    for row in rows:
+        qid, text = str(row["query_id"]), (row.get("query") or "").strip()
+        if qid in seen:
+            dropped["duplicate_query_id"] += 1
+            continue
+        seen.add(qid)
+        if not text:
+            dropped["empty_query"] += 1
+            continue
+        pos_ids = list(dict.fromkeys(row.get("positive_chunk_ids") or []))
+        if not pos_ids:
+            dropped["no_positive"] += 1
+            continue
+        if any(p not in chunk_row for p in pos_ids):
+            dropped["unknown_positive"] += 1
+            continue
+        positives = [chunk_row[p] for p in pos_ids]
+        docs = {chunk_doc[i] for i in positives} | {str(d) for d in (row.get("positive_doc_ids") or [])}
+        held_out = docs & test_docs
+        if held_out and held_out != docs:
+            dropped["cross_split"] += 1
+            continue
+        q = Query(qid, text, str(row.get("type") or ""), int(row.get("hops") or len(positives)), positives, docs)
+        (test if held_out else train).append(q)
+    return train, test, dropped
+
+
+# ---------------------------------------------------------------- embeddings (cached in _work)
+
+
+class Encoder:
+    """The base model, loaded on first use (a fully cached resume never loads it)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(resolve_model(self.cfg.model.name))
+            if self.cfg.model.max_seq_length:
+                self._model.max_seq_length = self.cfg.model.max_seq_length
+        return self._model
+
+    def encode(self, texts: list[str], prompt: str) -> np.ndarray:
+        emb = self.model.encode(
+            texts, prompt=prompt or None, batch_size=self.cfg.mine.batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        )
+        return np.asarray(emb, dtype=np.float32)
+
+
+def embed_cached(texts: list[str], folder: Path, encode: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
+    """Embed in blocks of EMBED_BLOCK, each saved atomically under ``folder``; returns (embeddings, blocks reused)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    blocks, reused = [], 0
+    for b, start in enumerate(range(0, len(texts), EMBED_BLOCK)):
+        part = texts[start:start + EMBED_BLOCK]
+        path = folder / f"{b:05d}.npy"
+        arr = np.load(path) if path.is_file() else None
+        if arr is not None and arr.shape[0] == len(part):
+            reused += 1
+        else:
+            arr = encode(part)
+            tmp = folder / f"{b:05d}.partial.npy"
+            np.save(tmp, arr)
+            os.replace(tmp, path)
+        blocks.append(arr)
+        crash_point(f"mine.embed.{folder.name}.{b + 1}")
+    return (np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)), reused
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _save_dataset(columns: dict[str, list], features, dest: Path) -> None:
+    import datasets
+
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds = datasets.Dataset.from_dict(columns, features=features)
+    # num_shards=1: datasets 5 writes an empty dataset with no shard at all, which load_from_disk rejects
+    ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def write_beir(dest: Path, chunks, test: list[Query], chunk_ids: Sequence[str]) -> int:
+    """corpus.jsonl (every chunk), queries.jsonl and qrels/test.tsv; returns the number of qrels."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "qrels").mkdir(parents=True)
+    with (tmp / "corpus.jsonl").open("w", encoding="utf-8") as fh:
+        for cid, title, text in zip(chunks["chunk_id"], chunks["title"], chunks["text"]):
+            fh.write(json.dumps({"_id": cid, "title": title or "", "text": text}, ensure_ascii=False) + "\n")
+    n = 0
+    with (tmp / "queries.jsonl").open("w", encoding="utf-8") as qf, \
+            (tmp / "qrels" / "test.tsv").open("w", encoding="utf-8") as rf:
+        rf.write("query-id\tcorpus-id\tscore\n")
+        for q in test:
+            qf.write(json.dumps({"_id": q.query_id, "text": q.text, "metadata": {"type": q.type, "hops": q.hops}},
+                                ensure_ascii=False) + "\n")
+            for p in q.positives:
+                rf.write(f"{q.query_id}\t{chunk_ids[p]}\t1\n")
+                n += 1
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return n
+
+
+def plot_scores(path: Path, positive: Sequence[float], negative: Sequence[float], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = np.linspace(-0.2, 1.0, 49)
+    if len(positive):
+        ax.hist(np.clip(positive, -0.2, 1.0), bins=bins, alpha=0.6, label=f"positives (n={len(positive)})")
+    if len(negative):
+        ax.hist(np.clip(negative, -0.2, 1.0), bins=bins, alpha=0.6, label=f"kept negatives (n={len(negative)})")
+    ax.set_xlabel("base-model cosine to the query")
+    ax.set_ylabel("count")
+    ax.set_title(title, fontsize=10)
+    if len(positive) or len(negative):
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no training rows", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    cfg, mc, log = ctx.cfg, ctx.cfg.mine, ctx.log
+    k = mc.num_negatives
+    chunks, queries_ds = load_inputs(ctx)
+
+    # 1. split by document
+    chunk_ids: list[str] = chunks["chunk_id"]
+    chunk_doc: list[str] = chunks["doc_id"]
+    titles: list[str] = chunks["title"]
+    texts: list[str] = chunks["text"]
+    chunk_row = {cid: i for i, cid in enumerate(chunk_ids)}
+    test_docs = split_documents(chunk_doc, mc.test_fraction, cfg.run.seed)
+    all_docs = sorted(set(chunk_doc))
+    train, test, dropped = assign_queries(queries_ds.to_list(), chunk_row, chunk_doc, test_docs)
+    if dropped.get("unknown_positive") == len(queries_ds) and len(queries_ds):
+        raise InputError("no query's positive_chunk_ids match the ingest chunks: the generate output belongs to "
+                         "another corpus or chunking; re-run generate (`python -m trainer run --to mine`)")
+    _save_dataset({"doc_id": all_docs, "split": ["test" if d in test_docs else "train" for d in all_docs]},
+                  datasets.Features({"doc_id": datasets.Value("string"), "split": datasets.Value("string")}),
+                  ctx.dir / "split")
+    n_qrels = write_beir(ctx.dir / "test_beir", chunks, test, chunk_ids)
+    ctx.report(f"mine: {len(train)} train / {len(test)} test queries", 0.05)
+
+    # 2. candidates over the training documents' chunks
+    pool = [i for i, d in enumerate(chunk_doc) if d not in test_docs]  # pool position -> chunk row
+    pool_pos = {row: p for p, row in enumerate(pool)}
+    passages = [passage_text(titles[i], texts[i]) for i in pool]
+    norm = [normalized(texts[i]) for i in pool]
+    pool_doc = [chunk_doc[i] for i in pool]
+    encoder = Encoder(cfg)
+    p_emb, p_reused = embed_cached(passages, ctx.work / "passages",
+                                   lambda t: encoder.encode(t, cfg.model.passage_prompt))
+    ctx.report("mine: passages embedded", 0.6)
+    q_emb, q_reused = embed_cached([q.text for q in train], ctx.work / "queries",
+                                   lambda t: encoder.encode(t, cfg.model.query_prompt))
+    use_dense, use_bm25 = mc.mode in ("hybrid", "dense"), mc.mode in ("hybrid", "bm25")
+    bm25 = BM25Index(passages) if use_bm25 and train else None
+
+    def candidates(idx: list[int], depth: int) -> list[tuple[list[int], set[int], set[int]]]:
+        dense = dense_search(q_emb[idx], p_emb, depth) if use_dense else [[] for _ in idx]
+        lexical = bm25.search([train[i].text for i in idx], depth) if bm25 else [[] for _ in idx]
+        out = []
+        for d, b in zip(dense, lexical):
+            order = fuse(d, b, mc.fusion) if use_dense and use_bm25 else (d or b)
+            out.append((order, set(d), set(b)))
+        return out
+
+    # 3. guard and keep the first k survivors
+    drops_by_query: dict[int, Counter] = {}
+    sources: Counter = Counter()
+
+    def mine(i: int, found: tuple[list[int], set[int], set[int]]) -> None:
+        q = train[i]
+        order, from_dense, from_bm25 = found
+        pos = [pool_pos[r] for r in q.positives]
+        pos_set, pos_norm = set(pos), {norm[p] for p in pos}
+        qv = q_emb[i]
+        pos_scores = p_emb[pos] @ qv
+        cand = np.asarray(order, dtype=np.int64)
+        cand_scores = (p_emb[cand] @ qv) if len(cand) else np.zeros(0)
+        dup_sim = (p_emb[cand] @ p_emb[pos].T).max(axis=1) if len(cand) else np.zeros(0)
+        dup_at = {int(c): float(s) for c, s in zip(cand, dup_sim)}
+
+        def reject(c: int) -> str | None:
+            if c in pos_set:
+                return "positive"
+            if mc.exclude_positive_documents and pool_doc[c] in q.docs:
+                return "same_document"
+            if norm[c] in pos_norm or dup_at[c] >= mc.duplicate_similarity:
+                return "near_duplicate"
+            return None
+
+        pairs = [(int(c), float(s)) for c, s in zip(cand, cand_scores)]
+        kept, drops = select_negatives(pairs, float(pos_scores.min()), k=k, margin=mc.margin,
+                                       margin_type=mc.margin_type, reject=reject, key=norm.__getitem__)
+        score_of = dict(pairs)
+        q.negatives = kept
+        q.negative_scores = [score_of[c] for c in kept]
+        q.positive_scores = [float(s) for s in pos_scores]
+        drops_by_query[i] = drops
+        if len(kept) == k:
+            for c in kept:
+                sources["both" if c in from_dense and c in from_bm25 else "dense" if c in from_dense else "bm25"] += 1
+
+    depth = min(mc.candidates, len(pool))
+    everyone = list(range(len(train)))
+    for start in range(0, len(everyone), 1024):
+        batch = everyone[start:start + 1024]
+        for i, found in zip(batch, candidates(batch, depth)):
+            mine(i, found)
+        ctx.report(f"mine: {min(start + 1024, len(train))}/{len(train)} queries", 0.6 + 0.3 * start / len(train))
+    short = [i for i in everyone if len(train[i].negatives) < k]
+    wide = min(len(pool), mc.candidates * WIDEN_FACTOR)
+    widened = short if wide > depth else []
+    for start in range(0, len(widened), 256):
+        batch = widened[start:start + 256]
+        for i, found in zip(batch, candidates(batch, wide)):
+            mine(i, found)
+
+    # 4. rows: one per (query, positive), only for queries with k negatives
+    cols: dict[str, list] = {"anchor": [], "positive": [], **{f"negative_{j + 1}": [] for j in range(k)}}
+    meta: dict[str, list] = {n: [] for n in ("query_id", "positive_id", "positive_score", "negative_ids",
+                                             "negative_scores", "type", "hops")}
+    queries_short = rows_short = 0
+    found_hist: Counter = Counter()
+    pos_for_stats, neg_for_stats, gaps = [], [], []
+    for q in train:
+        found_hist[len(q.negatives)] += 1
+        if len(q.negatives) < k:
+            queries_short += 1
+            rows_short += len(q.positives)
+            continue
+        pos_for_stats.extend(q.positive_scores)
+        neg_for_stats.extend(q.negative_scores)
+        gaps.append(min(q.positive_scores) - max(q.negative_scores))
+        for p, ps in zip(q.positives, q.positive_scores):
+            cols["anchor"].append(q.text)
+            cols["positive"].append(passages[pool_pos[p]])
+            for j, c in enumerate(q.negatives):
+                cols[f"negative_{j + 1}"].append(passages[c])
+            meta["query_id"].append(q.query_id)
+            meta["positive_id"].append(chunk_ids[p])
+            meta["positive_score"].append(round(ps, 6))
+            meta["negative_ids"].append([chunk_ids[pool[c]] for c in q.negatives])
+            meta["negative_scores"].append([round(s, 6) for s in q.negative_scores])
+            meta["type"].append(q.type)
+            meta["hops"].append(q.hops)
+    string = datasets.Value("string")
+    _save_dataset(cols, datasets.Features({c: string for c in cols}), ctx.dir / "train")
+    _save_dataset(meta, datasets.Features({
+        "query_id": string, "positive_id": string, "positive_score": datasets.Value("float32"),
+        "negative_ids": datasets.List(string), "negative_scores": datasets.List(datasets.Value("float32")),
+        "type": string, "hops": datasets.Value("int32"),
+    }), ctx.dir / "train_meta")
+
+    filter_counts: Counter = Counter()
+    for c in drops_by_query.values():
+        filter_counts.update(c)
+    rows = len(cols["anchor"])
+    stats = {
+        "mode": mc.mode, "fusion": mc.fusion if mc.mode == "hybrid" else None, "num_negatives": k,
+        "margin": mc.margin, "margin_type": mc.margin_type, "candidates": mc.candidates,
+        "documents": {"train": len(all_docs) - len(test_docs), "test": len(test_docs)},
+        "chunks": {"total": len(chunk_ids), "train_pool": len(pool)},
+        "queries": {"input": len(queries_ds), "train": len(train), "test": len(test),
+                    "dropped": dict(sorted(dropped.items())), "widened": len(widened),
+                    "short": queries_short},
+        "rows": {"train": rows, "dropped_short": rows_short, "test_qrels": n_qrels},
+        "negatives_found_per_query": {str(n): found_hist[n] for n in range(k + 1)},
+        "candidates_dropped": dict(sorted(filter_counts.items())),
+        "negative_sources": {s: sources[s] for s in ("dense", "bm25", "both")},
+        "scores": {"positive": distribution(pos_for_stats), "negative": distribution(neg_for_stats),
+                   "gap_min_positive_minus_hardest_negative": distribution(gaps)},
+    }
+    (ctx.dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    plot_scores(ctx.dir / "scores_hist.png", pos_for_stats, neg_for_stats,
+                f"mine ({mc.mode}): {rows} rows, {k} negatives, margin {mc.margin} ({mc.margin_type})")
+
+    if queries_short:
+        log.warning("mine: %d of %d training queries found fewer than %d negatives and were left out (%d rows); "
+                    "the corpus may be too small: lower mine.num_negatives, raise mine.candidates, or set "
+                    "mine.exclude_positive_documents=false", queries_short, len(train), k, rows_short)
+    if not test:
+        log.warning("mine: the test split has no queries (test_fraction=%s, %d documents)",
+                    mc.test_fraction, len(all_docs))
+    if dropped:
+        log.info("mine: queries dropped: %s", dict(dropped))
+    return {
+        "documents_train": len(all_docs) - len(test_docs), "documents_test": len(test_docs),
+        "queries_in": len(queries_ds), "queries_train": len(train), "queries_test": len(test),
+        "queries_dropped": dict(sorted(dropped.items())), "queries_short": queries_short,
+        "queries_widened": len(widened), "train_rows": rows, "rows_dropped_short": rows_short,
+        "test_qrels": n_qrels, "candidates_dropped": dict(sorted(filter_counts.items())),
+        "negatives_mean": round(sum(len(q.negatives) for q in train) / len(train), 3) if train else 0,
+        "embedding_blocks_reused": p_reused + q_reused,
+    }
+
+
+STAGE = Stage(
+    name="mine",
+    run=run,
+    sections=("run.seed", "model.name", "model.max_seq_length", "model.query_prompt", "model.passage_prompt",
+              "mine"),
+    upstream=("ingest", "generate"),
+    version="1",
+    help="Split by document, mine hard negatives (BM25 + dense, false-negative guard), write training rows.",
+)
