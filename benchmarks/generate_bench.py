@@ -107,7 +107,8 @@ def main() -> None:
             import datasets
 
             qs = datasets.load_from_disk(str(Path(run_dir) / "stages/generate/queries")).to_list()
-            rejected = [json.loads(x) for x in (Path(run_dir) / "stages/generate/rejected.jsonl").read_text().splitlines()]
+            rejected_file = Path(run_dir) / "stages/generate/rejected.jsonl"
+            rejected = [json.loads(x) for x in rejected_file.read_text().splitlines()]
     finally:
         if proc is not None:
             proc.kill()

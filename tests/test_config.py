@@ -102,5 +102,5 @@ def test_hardware_profile_applies_under_the_users_settings(tmp_path):
     cfg = load_config(t4)
     assert cfg.train.precision == "fp16" and cfg.train.loss == "cached_mnrl" and cfg.train.epochs == 1
     assert load_config().train.profile is None and load_config().train.epochs == 3  # recipe by default
-    with pytest.raises(ConfigError, match="train.profile"):
+    with pytest.raises(ConfigError, match=r"train\.profile"):
         load_config(None, ["train.profile=tpu"])
