@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("domains", help="rank the MTEB subcategories by room for improvement (see `domains --help`)",
                    add_help=False)
+    sub.add_parser("serve", help="serve an exported model as an OpenAI-compatible /v1/embeddings API "
+                   "(see `serve --help`)", add_help=False)
 
     p = sub.add_parser("status", help="show each stage's state in the run directory")
     _common(p)
@@ -108,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.domains import main as domains_main
 
         return domains_main(argv[1:])
+    if argv[:1] == ["serve"]:  # a server for an exported model, not a pipeline stage
+        from trainer.serve import main as serve_main
+
+        return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_console(args.verbose)

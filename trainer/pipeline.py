@@ -13,7 +13,7 @@ Example::
 
 from __future__ import annotations
 
-from trainer import evaluate, generate, ingest, mine, publish, train
+from trainer import evaluate, export, generate, ingest, mine, publish, train
 from trainer.config import Config
 from trainer.errors import StageError
 from trainer.logs import attach_run_log, get_logger
@@ -21,7 +21,8 @@ from trainer.rundir import ProgressFn, RunDir, Stage, StageOutcome, run_stage, s
 
 # Stages in pipeline order.
 STAGES: dict[str, Stage] = {
-    s.name: s for s in (ingest.STAGE, generate.STAGE, mine.STAGE, train.STAGE, evaluate.STAGE, publish.STAGE)
+    s.name: s
+    for s in (ingest.STAGE, generate.STAGE, mine.STAGE, train.STAGE, evaluate.STAGE, export.STAGE, publish.STAGE)
 }
 STAGE_NAMES = list(STAGES)
 

@@ -1,0 +1,522 @@
+"""Export stage: the trained model as ONNX (fp32 and int8), checked against PyTorch before it ships.
+
+Outputs in ``<run>/stages/export/``:
+
+- ``onnx/``: a sentence-transformers folder (modules.json, pooling, normalize, tokenizer) whose
+  ``onnx/`` sub-folder holds ``model.onnx`` (fp32) and the int8 file for this CPU
+  (``model_qint8_avx512_vnni.onnx`` or ``model_quint8_avx2.onnx``), plus ``model_O<n>.onnx`` when
+  ``export.optimize`` asks for it. Load it with the same pooling and normalization as the original::
+
+      SentenceTransformer(path, backend="onnx", model_kwargs={"file_name": "onnx/model.onnx"})
+
+- ``parity.json``: what was compared and the numbers (also in the manifest's counts).
+
+Checks (``export.on_parity_failure``: fail the stage, or record and warn):
+
+1. fp32: the lowest cosine between ONNX and PyTorch embeddings of ``export.parity_passages`` real
+   passages (SciFact's corpus when present, else the run's chunks) is at least ``export.min_cosine``,
+   at the full size and at each ``train.matryoshka_dims`` prefix (what the server's ``dimensions`` give).
+2. int8: no int8 file reaches 0.999 cosine (dynamic quantization moves every vector a little), so it
+   is judged by retrieval instead: nDCG@10 on a BEIR task within ``export.max_ndcg_drop`` points of
+   PyTorch's. Its cosine is recorded too, for information.
+
+Finished exports are kept in ``_work/`` so a crash in the (slow) checks does not export again.
+
+Example::
+
+    >>> from trainer.config import load_config
+    >>> from trainer.rundir import RunDir, run_stage
+    >>> cfg = load_config(None, ["run.dir=runs/scifact"])
+    >>> run_stage(STAGE, cfg, RunDir(cfg.run.dir)).manifest["counts"]["fp32_min_cosine"]  # doctest: +SKIP
+    0.99999...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.config import Config
+from trainer.errors import InputError, StageError
+from trainer.paths import data_dir, data_path
+from trainer.rundir import Stage, StageContext, fingerprint_dir, write_json_atomic
+
+FP32_FILE = "onnx/model.onnx"
+INT8_CONFIGS = ("avx512_vnni", "avx512", "avx2", "arm64")
+
+
+# ---------------------------------------------------------------------------------------------------
+# CPU features and file names
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_name() -> str:
+    """The CPU model (Linux), else what platform knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def pick_int8_config(setting: str = "auto") -> str:
+    """The int8 quantization target: the setting, or (auto) avx512_vnni / arm64 / avx2 by this CPU."""
+    if setting != "auto":
+        if setting not in INT8_CONFIGS:
+            raise StageError(f"unknown int8 config {setting!r}; use one of auto, {', '.join(INT8_CONFIGS)}")
+        return setting
+    if platform.machine().lower() in {"arm64", "aarch64"}:
+        return "arm64"
+    return "avx512_vnni" if "avx512_vnni" in cpu_flags() else "avx2"
+
+
+def int8_file_name(config: str) -> str:
+    """The file sentence-transformers writes for an int8 config: avx2 -> onnx/model_quint8_avx2.onnx."""
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    qconfig = getattr(AutoQuantizationConfig, config)(is_static=False)
+    return f"onnx/model_{qconfig.weights_dtype.name.lower()}_{config}.onnx"
+
+
+@contextlib.contextmanager
+def _quiet_backend() -> Iterator[None]:
+    """Silence sentence-transformers' 'save the exported model' advice: this module saves it."""
+    logger = logging.getLogger("sentence_transformers.backend")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Export
+
+
+def load_onnx(folder: str | Path, file_name: str = FP32_FILE, **kwargs: Any):
+    """A SentenceTransformer running ``file_name`` of an exported folder with ONNX Runtime.
+
+    The file is named explicitly: asking for one that is not there would make sentence-transformers
+    export again and fail with a misleading error, so a missing file is reported here instead.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    folder = Path(folder)
+    if not (folder / file_name).is_file():
+        have = sorted(str(p.relative_to(folder)) for p in folder.glob("onnx/*.onnx"))
+        raise InputError(f"{folder / file_name} not found (ONNX files there: {', '.join(have) or 'none'}); "
+                         "run the export stage, or name one of those files")
+    with _quiet_backend():
+        return SentenceTransformer(str(folder), backend="onnx", device="cpu",
+                                   model_kwargs={"file_name": file_name}, **kwargs)
+
+
+def export_onnx(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    int8_config: str | None = None,
+    optimize: str | None = None,
+) -> dict[str, str]:
+    """Export a sentence-transformers folder to ``out_dir`` (written whole or not at all).
+
+    Returns the files written, relative to ``out_dir``: ``{"fp32": "onnx/model.onnx", "int8": ...,
+    "optimized": ...}`` (int8/optimized only when asked for).
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.backend import export_dynamic_quantized_onnx_model, export_optimized_onnx_model
+
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with _quiet_backend():
+        model = SentenceTransformer(str(model_dir), backend="onnx", device="cpu", model_kwargs={"export": True})
+        model.save_pretrained(str(tmp))
+        files = {"fp32": FP32_FILE}
+        if int8_config:
+            export_dynamic_quantized_onnx_model(model, int8_config, str(tmp))
+            files["int8"] = int8_file_name(int8_config)
+        if optimize:
+            export_optimized_onnx_model(model, optimize, str(tmp))
+            files["optimized"] = f"onnx/model_{optimize}.onnx"
+    missing = [f for f in files.values() if not (tmp / f).is_file()]
+    if missing:
+        raise StageError(f"ONNX export of {model_dir} did not write {', '.join(missing)} (found: "
+                         f"{', '.join(sorted(p.name for p in tmp.glob('onnx/*')))}); check the optimum and "
+                         "sentence-transformers versions against requirements.txt")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return files
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parity data
+
+
+def passage_text(title: str | None, text: str) -> str:
+    """A document as it is embedded: ``(title + " " + text).strip()``, as MTEB embeds BEIR docs."""
+    return f"{title} {text}".strip() if title else (text or "").strip()
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict):
+                    yield row
+
+
+def _resolve_location(spec: str) -> Path:
+    if spec.startswith("data:"):
+        return data_path(spec[len("data:"):])
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise InputError(f"{spec} not found: give a BEIR folder, a .jsonl file or data:<name>")
+    return path
+
+
+def _parity_source(cfg: Config) -> Path | None:
+    """Where parity passages come from: the setting, else SciFact's corpus, else None (the run's chunks)."""
+    if cfg.export.parity_corpus:
+        return _resolve_location(cfg.export.parity_corpus)
+    scifact = data_dir() / "scifact" / "corpus.jsonl"
+    return scifact if scifact.is_file() else None
+
+
+def parity_passages(cfg: Config, run_root: Path, n: int) -> tuple[list[str], str]:
+    """``n`` real passages (seeded sample), and where they came from."""
+    source = _parity_source(cfg)
+    if source is not None:
+        file = source / "corpus.jsonl" if source.is_dir() else source
+        if not file.is_file():
+            raise InputError(f"export.parity_corpus {source}: no corpus.jsonl there")
+        texts = [passage_text(r.get("title"), str(r.get("text") or "")) for r in _read_jsonl(file)]
+        label = str(file)
+    else:
+        import datasets
+
+        chunks = run_root / "stages" / "ingest" / "chunks"
+        if not chunks.is_dir():
+            raise InputError(
+                f"no passages for the ONNX parity check: {data_dir() / 'scifact'} is absent and the run has no "
+                f"ingest chunks at {chunks}; set export.parity_corpus to a BEIR folder or .jsonl file"
+            )
+        ds = datasets.load_from_disk(str(chunks))
+        texts = [passage_text(t, x) for t, x in zip(ds["title"], ds["text"], strict=True)]
+        label = str(chunks)
+    texts = [t for t in texts if t]
+    if not texts:
+        raise InputError(f"no non-empty passages in {label} for the ONNX parity check")
+    if len(texts) > n:
+        texts = random.Random(cfg.run.seed).sample(texts, n)
+    return texts, label
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (n, d) arrays."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(denom, 1e-12)
+
+
+def encode(model: Any, texts: list[str], batch_size: int = 32, prompt: str = "") -> np.ndarray:
+    return np.asarray(model.encode(texts, batch_size=batch_size, prompt=prompt or None, convert_to_numpy=True,
+                                   show_progress_bar=False), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Retrieval check
+
+
+@dataclass
+class RetrievalTask:
+    name: str
+    corpus: dict[str, str]  # doc id -> passage text
+    queries: dict[str, str]  # query id -> text
+    qrels: dict[str, dict[str, int]]
+
+
+def load_retrieval_task(
+    folder: str | Path, split: str = "test", *, max_queries: int = 300, max_corpus: int = 2000, seed: int = 42
+) -> RetrievalTask:
+    """A BEIR folder, sub-sampled: ``max_queries`` judged queries, their judged documents, and other
+    documents up to ``max_corpus`` (seeded)."""
+    folder = Path(folder)
+    needed = ["corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"]
+    missing = [p for p in needed if not (folder / p).is_file()]
+    if missing:
+        raise InputError(f"{folder} is not a BEIR folder for the int8 retrieval check: missing {', '.join(missing)}; "
+                         "set export.retrieval_check to a folder with corpus.jsonl, queries.jsonl and "
+                         f"qrels/{split}.tsv, or to 'off'")
+    qrels: dict[str, dict[str, int]] = {}
+    with (folder / "qrels" / f"{split}.tsv").open(encoding="utf-8") as fh:
+        for line in fh:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 3 or not parts[2].lstrip("-").isdigit():
+                continue  # header or a bad line
+            qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    queries = {str(r["_id"]): str(r.get("text") or "") for r in _read_jsonl(folder / "queries.jsonl") if "_id" in r}
+    corpus = {str(r["_id"]): passage_text(r.get("title"), str(r.get("text") or ""))
+              for r in _read_jsonl(folder / "corpus.jsonl") if "_id" in r}
+    judged = sorted(q for q, rels in qrels.items()
+                    if q in queries and queries[q] and any(v > 0 and d in corpus for d, v in rels.items()))
+    if not judged:
+        raise InputError(f"{folder}: no query in qrels/{split}.tsv has a relevant document in corpus.jsonl")
+    rng = random.Random(seed)
+    if len(judged) > max_queries:
+        judged = sorted(rng.sample(judged, max_queries))
+    keep = {d for q in judged for d in qrels[q] if d in corpus}
+    others = sorted(set(corpus) - keep)
+    room = max(0, max_corpus - len(keep))
+    keep |= set(rng.sample(others, min(room, len(others))))
+    return RetrievalTask(
+        name=folder.name,
+        corpus={d: corpus[d] for d in sorted(keep)},
+        queries={q: queries[q] for q in judged},
+        qrels={q: {d: v for d, v in qrels[q].items() if d in keep} for q in judged},
+    )
+
+
+def ndcg_at_10(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> float:
+    """Mean nDCG@10 over the judged queries, as trec_eval computes it (pytrec_eval)."""
+    import pytrec_eval
+
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"})
+    scores = evaluator.evaluate(run)
+    judged = [q for q, rels in qrels.items() if any(v > 0 for v in rels.values())]
+    return float(sum(scores.get(q, {}).get("ndcg_cut_10", 0.0) for q in judged) / max(1, len(judged)))
+
+
+def retrieval_ndcg(
+    model: Any, task: RetrievalTask, *, batch_size: int = 32, query_prompt: str = "", passage_prompt: str = "",
+    top_k: int = 100,
+) -> float:
+    """nDCG@10 of ``model`` on ``task`` (cosine similarity, exact search)."""
+    doc_ids = list(task.corpus)
+    q_ids = list(task.queries)
+    d_emb = encode(model, [task.corpus[d] for d in doc_ids], batch_size, passage_prompt)
+    q_emb = encode(model, [task.queries[q] for q in q_ids], batch_size, query_prompt)
+    d_emb /= np.maximum(np.linalg.norm(d_emb, axis=1, keepdims=True), 1e-12)
+    q_emb /= np.maximum(np.linalg.norm(q_emb, axis=1, keepdims=True), 1e-12)
+    scores = q_emb @ d_emb.T
+    k = min(top_k, len(doc_ids))
+    run: dict[str, dict[str, float]] = {}
+    for i, q in enumerate(q_ids):
+        top = np.argpartition(-scores[i], k - 1)[:k]
+        run[q] = {doc_ids[j]: float(scores[i, j]) for j in top}
+    return ndcg_at_10(run, task.qrels)
+
+
+def _retrieval_folder(cfg: Config, run_root: Path) -> tuple[Path | None, str, str]:
+    """(folder, split, why) for the int8 retrieval check; folder None when there is none (or 'off')."""
+    e = cfg.export
+    if e.retrieval_check == "off":
+        return None, e.retrieval_split, "export.retrieval_check is 'off'"
+    if e.retrieval_check:
+        return _resolve_location(e.retrieval_check), e.retrieval_split, "export.retrieval_check"
+    if cfg.evaluate.beir_dir:
+        return _resolve_location(cfg.evaluate.beir_dir), cfg.evaluate.beir_split, "evaluate.beir_dir"
+    shared = data_dir() / ("aila_statutes" if cfg.domain == "legal" else "scifact")
+    if (shared / "qrels" / f"{e.retrieval_split}.tsv").is_file():
+        return shared, e.retrieval_split, f"the {cfg.domain} domain's shared set"
+    synthetic = run_root / "stages" / "mine" / "test_beir"
+    if (synthetic / "qrels" / "test.tsv").is_file():
+        return synthetic, "test", "the run's synthetic test split"
+    return None, e.retrieval_split, f"no BEIR folder found (looked for {shared} and {synthetic})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage
+
+
+def _model_dir(ctx: StageContext) -> Path:
+    path = ctx.upstream_dir("train") / "model"
+    if not (path / "modules.json").is_file():
+        raise StageError(f"the train stage left no sentence-transformers model at {path} (no modules.json); "
+                         "re-run it with `python -m trainer train --force`")
+    return path
+
+
+def _check(ok: bool, message: str, ctx: StageContext, warnings: list[str]) -> None:
+    if ok:
+        return
+    if ctx.cfg.export.on_parity_failure == "fail":
+        raise StageError(message + " To keep the export anyway, set export.on_parity_failure=warn.")
+    ctx.log.warning("export: %s", message)
+    warnings.append(message)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from sentence_transformers import SentenceTransformer
+
+    cfg, e = ctx.cfg, ctx.cfg.export
+    if not e.onnx:
+        ctx.log.info("export: export.onnx is false; nothing exported")
+        return {"exported": False}
+    model_dir = _model_dir(ctx)
+    int8_config = pick_int8_config(e.int8_config) if e.int8 else None
+    optimize = None if e.optimize == "none" else e.optimize
+
+    # 1. export (kept in _work so a crash in the checks does not export again)
+    work = ctx.work
+    staged = work / "onnx"
+    files_json = work / "files.json"
+    if ctx.resumed and files_json.is_file() and staged.is_dir():
+        files = json.loads(files_json.read_text())
+        ctx.log.info("export: reusing the ONNX export of the interrupted run")
+    else:
+        ctx.report("export: exporting to ONNX", 0.0)
+        started = time.time()
+        files = export_onnx(model_dir, staged, int8_config=int8_config, optimize=optimize)
+        write_json_atomic(files_json, files)
+        ctx.log.info("export: wrote %s in %.0f s", ", ".join(files.values()), time.time() - started)
+
+    counts: dict[str, Any] = {"exported": True, "files": files, "int8_config": int8_config,
+                              "cpu": cpu_name(),
+                              "cpu_avx512_vnni": "avx512_vnni" in cpu_flags()}
+    warnings: list[str] = []
+
+    # 2. fp32 parity (and int8 / optimized cosine, for information) on real passages
+    ctx.report("export: parity check", 0.2)
+    passages, source = parity_passages(cfg, ctx.run_dir.root, e.parity_passages)
+    torch_model = SentenceTransformer(str(model_dir), device="cpu")
+    reference = encode(torch_model, passages, e.batch_size)
+    counts.update(parity_passages=len(passages), parity_source=source)
+    onnx_models = {}
+    full_dim = reference.shape[1]
+    dims = sorted({d for d in cfg.train.matryoshka_dims if 0 < d < full_dim}, reverse=True)
+    for kind, file in files.items():
+        onnx_models[kind] = load_onnx(staged, file)
+        got = encode(onnx_models[kind], passages, e.batch_size)
+        cos = cosines(reference, got)
+        counts[f"{kind}_min_cosine"] = round(float(cos.min()), 6)
+        counts[f"{kind}_mean_cosine"] = round(float(cos.mean()), 6)
+        ctx.log.info("export: %s vs PyTorch on %d passages: min cosine %.6f, mean %.6f", kind, len(passages),
+                     cos.min(), cos.mean())
+        if kind not in ("fp32", "optimized"):
+            continue
+        # Matryoshka: the server's `dimensions` serve prefixes of the vector; each trained size must match too
+        by_dim = {full_dim: cos, **{d: cosines(reference[:, :d], got[:, :d]) for d in dims}}
+        if dims:
+            counts[f"{kind}_min_cosine_by_dim"] = {str(d): round(float(c.min()), 6) for d, c in by_dim.items()}
+        dim, worst_cos = min(by_dim.items(), key=lambda item: float(item[1].min()))
+        worst = int(np.argmin(worst_cos))
+        at = f" at {dim} dimensions" if dim != full_dim else ""
+        _check(bool(worst_cos.min() >= e.min_cosine),
+               f"ONNX {kind} ({file}) does not reproduce PyTorch: min cosine {worst_cos.min():.6f}{at} < "
+               f"export.min_cosine {e.min_cosine} over {len(passages)} passages from {source} (worst: "
+               f"{passages[worst][:80]!r}). Check that onnx, onnxruntime and optimum match requirements.txt.",
+               ctx, warnings)
+
+    # 3. int8 retrieval quality vs PyTorch
+    if "int8" in files:
+        folder, split, why = _retrieval_folder(cfg, ctx.run_dir.root)
+        if folder is None:
+            ctx.log.warning("export: int8 retrieval check skipped: %s", why)
+            counts["retrieval_check"] = f"skipped: {why}"
+        else:
+            ctx.report(f"export: int8 retrieval check on {folder.name}", 0.6)
+            task = load_retrieval_task(folder, split, max_queries=e.retrieval_max_queries,
+                                       max_corpus=e.retrieval_max_corpus, seed=cfg.run.seed)
+            prompts = {"batch_size": e.batch_size, "query_prompt": cfg.model.query_prompt,
+                       "passage_prompt": cfg.model.passage_prompt}
+            torch_ndcg = retrieval_ndcg(torch_model, task, **prompts)
+            int8_ndcg = retrieval_ndcg(onnx_models["int8"], task, **prompts)
+            drop = round((torch_ndcg - int8_ndcg) * 100, 3)
+            counts.update(retrieval_check=f"{folder} ({why})", retrieval_split=split,
+                          retrieval_queries=len(task.queries), retrieval_corpus=len(task.corpus),
+                          **{"torch_ndcg@10": round(torch_ndcg, 5), "int8_ndcg@10": round(int8_ndcg, 5)},
+                          int8_ndcg_drop_points=drop)
+            ctx.log.info("export: nDCG@10 on %s (%d queries, %d docs): PyTorch %.4f, int8 %.4f (drop %.2f points)",
+                         task.name, len(task.queries), len(task.corpus), torch_ndcg, int8_ndcg, drop)
+            _check(drop <= e.max_ndcg_drop,
+                   f"int8 ({files['int8']}) loses {drop:.2f} nDCG@10 points vs PyTorch on {task.name} (more than "
+                   f"export.max_ndcg_drop={e.max_ndcg_drop}). Try another export.int8_config or set export.int8=false.",
+                   ctx, warnings)
+
+    counts["parity_ok"] = not warnings
+    counts["warnings"] = warnings
+
+    # 4. publish the outputs
+    dest = ctx.dir / "onnx"
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(staged, dest)
+    write_json_atomic(ctx.dir / "parity.json", {"model": str(model_dir), **counts})
+    ctx.log.info("export: %s ready; load it with SentenceTransformer(%r, backend='onnx', "
+                 "model_kwargs={'file_name': 'onnx/model.onnx'}) or serve it with `python -m trainer.serve --model %s`",
+                 dest, str(dest), dest)
+    return counts
+
+
+def _fingerprint_path(path: Path) -> str:
+    if path.is_dir():
+        return fingerprint_dir(path)
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _inputs(cfg: Config) -> dict[str, str]:
+    """Fingerprints of the parity passages and the retrieval folder (when outside the run)."""
+    out: dict[str, str] = {}
+    run_root = Path(cfg.run.dir)
+    with contextlib.suppress(InputError):
+        source = _parity_source(cfg)
+        if source is not None:
+            out["parity_corpus"] = f"{source}:{_fingerprint_path(source)}"
+        with contextlib.suppress(OSError):
+            folder, split, _ = _retrieval_folder(cfg, run_root)
+            if folder is not None and run_root.resolve() not in folder.resolve().parents:
+                out["retrieval"] = f"{folder}:{split}:{_fingerprint_path(folder)}"
+    return out
+
+
+STAGE = Stage(
+    name="export",
+    run=run,
+    sections=("export", "domain", "run.seed", "model.query_prompt", "model.passage_prompt",
+              "train.matryoshka_dims", "evaluate.beir_dir", "evaluate.beir_split"),
+    upstream=("train",),
+    inputs=_inputs,
+    version="1",
+    help="Export the trained model to ONNX (fp32 + int8 for this CPU) and check parity with PyTorch: cosine on "
+    "real passages (fp32), nDCG@10 on a retrieval task (int8).",
+)
+
+__all__ = [
+    "FP32_FILE", "STAGE", "RetrievalTask", "cosines", "export_onnx", "int8_file_name", "load_onnx",
+    "load_retrieval_task", "ndcg_at_10", "parity_passages", "pick_int8_config", "retrieval_ndcg",
+]
