@@ -62,7 +62,7 @@ def start_transformers_serve(folder: Path, threads: int) -> tuple[subprocess.Pop
     deadline = time.time() + 300
     while time.time() < deadline:
         try:
-            urllib.request.urlopen(url + "/models", timeout=2).close()
+            urllib.request.urlopen(url.rsplit("/v1", 1)[0] + "/health", timeout=2).close()
             return proc, url
         except OSError:
             time.sleep(1)

@@ -63,7 +63,7 @@ def default_corpus(domain: str) -> str:
 SETTINGS = (
     "domain", "source", "uploads", "run_dir", "endpoint", "endpoint_model", "generator", "questions_per_chunk",
     "sample_documents", "mine_mode", "num_negatives", "margin", "profile", "epochs", "lr", "owner", "repo_name",
-    "private", "onnx",
+    "private", "onnx", "advanced",
 )
 
 
@@ -93,6 +93,8 @@ def config_from(values: dict[str, Any]):
         o.append(f"publish.owner={values['owner']}")
     if values.get("repo_name"):
         o.append(f"publish.name={values['repo_name']}")
+    # Advanced: any other setting, one section.key=value per line (as --set on the command line)
+    o += [line.strip() for line in (values.get("advanced") or "").splitlines() if line.strip()]
     return load_config(None, o)
 
 
@@ -263,6 +265,12 @@ def build_demo(run_root: str = "runs/space", state_dir: str | None = None,
             export_btn = gr.Button("Run: export", variant="secondary")
             publish_btn = gr.Button("Run: publish", variant="primary")
             publish_counts = gr.JSON(label="Publish counts")
+        with gr.Accordion("Advanced settings", open=False):
+            inputs["advanced"] = gr.Textbox(
+                d.get("advanced", ""), lines=4, label="Any other setting, one section.key=value per line "
+                "(as `--set` on the command line; see the README's configuration reference)",
+                placeholder="train.max_seq_length=256\nmine.candidates=100",
+            )
         log = gr.Textbox(label="Live log", lines=14, max_lines=30, autoscroll=True)
         stages = gr.Dataframe(headers=["stage", "state"], label="Stages", interactive=False)
 

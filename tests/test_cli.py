@@ -34,3 +34,11 @@ def test_readme_has_space_front_matter_and_current_config_reference():
         assert key in front
     section = text.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
     assert section.strip() == explain_table().strip(), "run: python -m trainer config --explain --markdown"
+
+
+def test_run_to_a_stage_runs_every_stage_before_it_in_order():
+    from trainer.pipeline import STAGE_NAMES, chain
+
+    assert STAGE_NAMES == ["ingest", "generate", "mine", "train", "evaluate", "export", "publish"]
+    assert [s.name for s in chain("publish")] == STAGE_NAMES
+    assert [s.name for s in chain("mine")] == ["ingest", "generate", "mine"]

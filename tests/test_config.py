@@ -104,3 +104,8 @@ def test_hardware_profile_applies_under_the_users_settings(tmp_path):
     assert load_config().train.profile is None and load_config().train.epochs == 3  # recipe by default
     with pytest.raises(ConfigError, match=r"train\.profile"):
         load_config(None, ["train.profile=tpu"])
+
+
+def test_on_off_words_stay_words_for_text_settings():
+    cfg = load_config(None, ["export.retrieval_check=off", "generate.judge=on", "publish.private=no"])
+    assert cfg.export.retrieval_check == "off" and cfg.generate.judge == "on" and cfg.publish.private is False

@@ -123,3 +123,11 @@ def _alive(pid: int) -> bool:
             return fh.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_streaming_mode_collects_the_same_text(server):
+    plain = ChatClient(server.base_url, max_retries=0)
+    streamed = ChatClient(server.base_url, max_retries=0)
+    streamed.stream = True  # what the client switches to for servers that always stream
+    kw = {"max_tokens": 8, "temperature": 0.0, "seed": 3}
+    assert streamed.chat(MSGS, **kw) == plain.chat(MSGS, **kw)

@@ -13,7 +13,7 @@ def settings(run_dir, **over):
         "endpoint": "", "endpoint_model": "tgi", "generator": "smollm2-135m-instruct-q4_1",
         "questions_per_chunk": 1, "sample_documents": 2, "mine_mode": "hybrid", "num_negatives": 2,
         "margin": 0.95, "profile": "cpu", "epochs": 1, "lr": 1e-5, "owner": "", "repo_name": "", "private": True,
-        "onnx": True,
+        "onnx": True, "advanced": "",
     }
     values.update(over)
     return [values[k] for k in SETTINGS]
@@ -75,3 +75,31 @@ def test_bad_input_is_reported_not_raised(served, tmp_path):
     assert msg.startswith("Started")
     out = wait_done(client)
     assert "failed" in out[0] and "corpus not found" in out[1]
+
+
+TINY = "\n".join([
+    "train.max_seq_length=48", "train.batch_size=4", "train.num_negatives=2", "train.val_fraction=0",
+    "train.matryoshka_dims=[384, 64]", "evaluate.mteb=false", "export.parity_passages=40",
+    "export.retrieval_check=off", "mine.candidates=20",
+])
+
+
+@pytest.mark.slow
+def test_the_whole_flow_through_gradio_client(served, tmp_path):
+    """Every step, ingest to publish, on a tiny corpus with the embedded generator (no Hub token: the
+    publish step writes the folders it would push)."""
+    from gradio_client import Client
+
+    client = Client(served.local_url, verbose=False)
+    values = settings(tmp_path, sample_documents=12, questions_per_chunk=2, advanced=TINY)
+    msg = client.predict(*values, api_name="/run_publish")
+    assert msg.startswith("Started"), msg
+    out = wait_done(client, timeout=1500)
+    assert "finished" in out[0], out[1]
+    states = {row[0]: row[1] for row in out[2]["data"]}
+    assert all(states[s] == "complete" for s in ("ingest", "generate", "mine", "train", "evaluate", "export",
+                                                 "publish")), states
+    assert out[6]["train_rows"] > 0 and out[7]["steps"] >= 1
+    assert "Evaluation" in out[8]
+    publish = tmp_path / "stages" / "publish"
+    assert (publish / "model" / "README.md").is_file() and (publish / "PUSH.md").is_file()

@@ -67,6 +67,7 @@ FAKE_MINE = Stage(name="mine", run=_run_fake_mine, sections=("mine.num_negatives
 # A few seconds per step on 2 shared CPU cores: 14 training rows, 32 tokens, batch 8.
 TINY = [
     "mine.num_negatives=3", "train.max_seq_length=32", "train.batch_size=8", "train.epochs=3",
-    "train.lr=1e-4", "train.warmup_ratio=0", "train.val_fraction=0.1", "train.eval_steps=2",
+    "train.lr=1e-4", "train.warmup_ratio=0", "train.val_fraction=0.1", "train.min_val_queries=1",
+    "train.eval_steps=2",
     "train.matryoshka_dims=[384, 128, 64]", "train.early_stopping_patience=null",
 ]

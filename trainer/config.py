@@ -218,6 +218,10 @@ class TrainConfig(_Section):
         "validation, best-checkpoint selection and early stopping off."
     )
     val_max_queries: int = Field(500, ge=1, description="Most validation queries.")
+    min_val_queries: int = Field(
+        30, ge=1, description="Fewer held-out queries than this: no validation (a handful of queries ties at "
+        "the first checkpoint and would keep an untrained model); the full schedule is trained."
+    )
     eval_steps: int | None = Field(
         None, ge=1, description="Validate and checkpoint every N steps; default: 4 times per epoch."
     )
@@ -378,6 +382,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if raw.strip().lower() in {"on", "off", "yes", "no", "y", "n"}:
+        value = raw.strip()  # YAML 1.1 would make these booleans; pydantic reads them either way
     # YAML reads "1e-5" as a string; a float is what is meant.
     if isinstance(value, str):
         try:

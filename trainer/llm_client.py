@@ -78,6 +78,18 @@ class ChatClient:
         self.on_connection_error = on_connection_error
         self._client = InferenceClient(base_url=self.base_url, token=token or None, timeout=timeout)
         self.stats = {"requests": 0, "retries": 0, "errors": 0}
+        # Some servers (transformers serve 4.x) stream even when asked not to: switch to streaming then.
+        self.stream = False
+
+    def _complete(self, messages, **params: Any) -> str:
+        if not self.stream:
+            out = self._client.chat_completion(messages=messages, model=self.model, **params)
+            return out.choices[0].message.content or ""
+        parts = []
+        for chunk in self._client.chat_completion(messages=messages, model=self.model, stream=True, **params):
+            if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                parts.append(chunk.choices[0].delta.content)
+        return "".join(parts)
 
     def _wait(self, attempt: int, retry_after: str | None) -> None:
         delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.75 + 0.5 * random.random())
@@ -105,12 +117,17 @@ class ChatClient:
         last = ""
         for attempt in range(self.max_retries + 1):
             self.stats["requests"] += 1
+            params = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed,
+                      "response_format": response_format, "stop": stop}
             try:
-                out = self._client.chat_completion(
-                    messages=messages, model=self.model, max_tokens=max_tokens, temperature=temperature,
-                    seed=seed, response_format=response_format, stop=stop,
-                )
-                return out.choices[0].message.content or ""
+                try:
+                    return self._complete(messages, **params)
+                except ValueError:  # not a JSON chat completion: the server streamed; ask again streaming
+                    if self.stream:
+                        raise
+                    get_logger().info("%s answers with a stream; switching to streaming", self.base_url)
+                    self.stream = True
+                    return self._complete(messages, **params)
             except HfHubHTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else None
                 last = f"HTTP {status}: {redact(str(exc).splitlines()[0])}"
@@ -118,6 +135,9 @@ class ChatClient:
                     self.stats["errors"] += 1
                     raise EndpointError(f"{self.base_url} refused the request ({last})") from None
                 retry_after = exc.response.headers.get("Retry-After") if exc.response is not None else None
+            except ValueError as exc:  # a reply that is not a chat completion even when streamed
+                self.stats["errors"] += 1
+                raise EndpointError(f"{self.base_url} did not answer with a chat completion ({exc})"[:500]) from None
             except (requests.ConnectionError, requests.Timeout, InferenceTimeoutError, TimeoutError) as exc:
                 last = f"{type(exc).__name__}: {redact(str(exc))[:200]}"
                 retry_after = None

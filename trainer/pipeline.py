@@ -28,19 +28,10 @@ STAGE_NAMES = list(STAGES)
 
 
 def chain(to: str) -> list[Stage]:
-    """The stages up to and including ``to`` that it depends on, in pipeline order."""
+    """Every stage up to and including ``to``, in pipeline order (``run --to publish`` runs them all)."""
     if to not in STAGES:
         raise StageError(f"unknown stage {to!r}; available: {', '.join(STAGE_NAMES)}")
-    needed: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name not in needed:
-            needed.add(name)
-            for up in STAGES[name].upstream:
-                visit(up)
-
-    visit(to)
-    return [STAGES[n] for n in STAGE_NAMES if n in needed]
+    return [STAGES[n] for n in STAGE_NAMES[: STAGE_NAMES.index(to) + 1]]
 
 
 def run_pipeline(

@@ -500,7 +500,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise ConfigError("train.hard_negatives_only=true needs mined negatives, and train.num_negatives is 0")
     if group:
         selected = selected.add_column("_group", raw[group])
-    train_rows, val_rows = split_by_query(selected, t.val_fraction, t.val_max_queries, cfg.run.seed,
+    val_fraction = t.val_fraction
+    n_queries = len(set(selected["_group" if group else "anchor"]))
+    if val_fraction > 0 and round(n_queries * val_fraction) < t.min_val_queries:
+        ctx.log.warning("train: %d validation queries would be under train.min_val_queries=%d; training the full "
+                        "schedule without validation", round(n_queries * val_fraction), t.min_val_queries)
+        val_fraction = 0.0
+    train_rows, val_rows = split_by_query(selected, val_fraction, t.val_max_queries, cfg.run.seed,
                                           "_group" if group else None)
     if group:
         train_rows, val_rows = train_rows.remove_columns("_group"), val_rows.remove_columns("_group")
