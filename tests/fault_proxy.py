@@ -20,6 +20,7 @@ class FaultProxy:
         self.fail = 0
         self.status = 503
         self.garbage = 0
+        self.always_stream = False  # answer non-streaming chat requests as a stream (transformers serve 4.x)
         self.requests = 0
         self.auth_headers: list[str] = []
         self._lock = threading.Lock()
@@ -61,7 +62,14 @@ class FaultProxy:
                                              headers={"Content-Type": "application/json"})
                 try:
                     with urllib.request.urlopen(req, timeout=120) as resp:
-                        return self._send(resp.status, resp.read())
+                        payload = resp.read()
+                        wants_stream = body is not None and json.loads(body).get("stream") is True
+                        if proxy.always_stream and self.path.endswith("/chat/completions") and not wants_stream:
+                            text = json.loads(payload)["choices"][0]["message"]["content"]
+                            chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}]}
+                            payload = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+                        return self._send(resp.status, payload)
                 except urllib.error.HTTPError as exc:
                     return self._send(exc.code, exc.read())
                 except OSError:

@@ -131,3 +131,12 @@ def test_streaming_mode_collects_the_same_text(server):
     streamed.stream = True  # what the client switches to for servers that always stream
     kw = {"max_tokens": 8, "temperature": 0.0, "seed": 3}
     assert streamed.chat(MSGS, **kw) == plain.chat(MSGS, **kw)
+
+
+def test_switches_to_streaming_for_servers_that_always_stream(server):
+    with FaultProxy(server.base_url) as proxy:
+        proxy.always_stream = True
+        client = ChatClient(proxy.base_url, max_retries=0)
+        kw = {"max_tokens": 8, "temperature": 0.0, "seed": 3}
+        assert client.chat(MSGS, **kw) == ChatClient(server.base_url, max_retries=0).chat(MSGS, **kw)
+        assert client.stream is True

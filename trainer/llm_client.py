@@ -122,8 +122,8 @@ class ChatClient:
             try:
                 try:
                     return self._complete(messages, **params)
-                except ValueError:  # not a JSON chat completion: the server streamed; ask again streaming
-                    if self.stream:
+                except ValueError as exc:  # not a JSON chat completion: the server streamed; ask again streaming
+                    if self.stream or isinstance(exc, HfHubHTTPError):  # BadRequestError is a ValueError too
                         raise
                     get_logger().info("%s answers with a stream; switching to streaming", self.base_url)
                     self.stream = True
