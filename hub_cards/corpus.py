@@ -14,6 +14,7 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from hub_cards import counts_rows
 from trainer.config import Config
 
 _TEMPLATE = """---
@@ -51,11 +52,6 @@ def corpus_card(cfg: Config, counts: dict[str, Any]) -> DatasetCard:
         language=["en"],
         pretty_name=f"Chunked corpus ({cfg.ingest.source})",
     )
-    rows = []
-    for key, value in counts.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
-        rows.append(f"| {key.replace('_', ' ')} | {value} |")
     text = _TEMPLATE.format(
         card_data=data.to_yaml(),
         source=cfg.ingest.source,
@@ -64,6 +60,6 @@ def corpus_card(cfg: Config, counts: dict[str, Any]) -> DatasetCard:
         sentences=cfg.ingest.chunk_sentences,
         max_tokens=counts.get("max_chunk_tokens", cfg.ingest.max_chunk_tokens or "model limit"),
         overlap=cfg.ingest.chunk_overlap_sentences,
-        rows="\n".join(rows),
+        rows=counts_rows(counts),
     )
     return DatasetCard(text)

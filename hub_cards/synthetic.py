@@ -14,6 +14,7 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from hub_cards import counts_rows
 from trainer.config import Config
 from trainer.prompts import PROMPT_VERSION
 
@@ -53,16 +54,11 @@ def synthetic_card(cfg: Config, counts: dict[str, Any]) -> DatasetCard:
         language=["en"],
         pretty_name=f"Synthetic queries ({cfg.ingest.source})",
     )
-    rows = []
-    for key, value in counts.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
-        rows.append(f"| {key.replace('_', ' ')} | {value} |")
     text = _TEMPLATE.format(
         card_data=data.to_yaml(), source=cfg.ingest.source, domain=cfg.domain,
         generator=counts.get("generator", g.endpoint or g.generator), prompt_version=PROMPT_VERSION,
         qpc=g.questions_per_chunk, min_hops=g.min_hops, max_hops=g.max_hops, temperature=g.temperature,
         judge=counts.get("judge", g.judge), threshold=g.judge_threshold, dedupe=g.dedupe_similarity,
-        copy=g.max_copy_fraction, rows="\n".join(rows),
+        copy=g.max_copy_fraction, rows=counts_rows(counts),
     )
     return DatasetCard(text)

@@ -180,10 +180,22 @@ def test_killed_generation_resumes_without_asking_again(tmp_path, cli):
     # neither server (the killed run's, the resumed run's) outlived its process
     import time
 
-    from trainer.jobs import _alive
+    from trainer._process import pid_alive
 
     pid = int((tmp_path / "stages/generate/server.pid").read_text())
     deadline = time.time() + 15
-    while _alive(pid) and time.time() < deadline:
+    while pid_alive(pid) and time.time() < deadline:
         time.sleep(0.2)
-    assert not _alive(pid)
+    assert not pid_alive(pid)
+
+
+def test_generation_sample_and_test_split_are_independent():
+    """Same seed, different purposes: the held-out documents must not be exactly the unsampled ones."""
+    from trainer.mine import split_documents
+
+    chunks = _chunks(78, 1)
+    cfg = load_config(None, ["generate.sample_documents=60", "generate.questions_per_chunk=1"])
+    sampled = {t.chunk_ids[0].split("#")[0] for t in plan_tasks(chunks, cfg)}
+    held_out = split_documents([c["doc_id"] for c in chunks], 0.2, cfg.run.seed)
+    assert len(sampled) == 60 and len(held_out) == 16
+    assert sampled & held_out  # some generated queries land in the test split

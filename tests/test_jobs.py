@@ -43,10 +43,10 @@ def test_one_job_at_a_time_and_cancel_is_resumable(tmp_path):
     assert json.loads(manifest.read_text())["status"] == "running"  # resumable, not complete
     assert "interrupted" in jobs.log_tail()
     # no generator server left behind
-    from trainer.jobs import _alive
+    from trainer._process import pid_alive
 
     server_pid = int((tmp_path / "run/stages/generate/server.pid").read_text())
     deadline = time.time() + 15
-    while _alive(server_pid) and time.time() < deadline:
+    while pid_alive(server_pid) and time.time() < deadline:
         time.sleep(0.2)
-    assert not _alive(server_pid)
+    assert not pid_alive(server_pid)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from trainer._process import pid_alive
 from trainer.llm_client import ChatClient, EndpointError
 from trainer.llm_server import LocalLLMServer
 from trainer.models import resolve_generator
@@ -98,7 +99,7 @@ def test_dead_server_is_restarted_by_the_client_hook():
 def test_server_is_stopped_on_exit_and_with_its_parent(tmp_path):
     with LocalLLMServer(resolve_generator("smollm2-135m-instruct-q4_1"), n_threads=1) as srv:
         pid = srv.proc.pid
-    assert srv.proc is None and not _alive(pid)
+    assert srv.proc is None and not pid_alive(pid)
 
     # a parent killed with SIGKILL takes its server with it (PR_SET_PDEATHSIG)
     code = (
@@ -112,17 +113,9 @@ def test_server_is_stopped_on_exit_and_with_its_parent(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     child = int(out.stdout.split()[0])
     deadline = time.time() + 15
-    while _alive(child) and time.time() < deadline:
+    while pid_alive(child) and time.time() < deadline:
         time.sleep(0.2)
-    assert not _alive(child)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not pid_alive(child)
 
 
 def test_streaming_mode_collects_the_same_text(server):

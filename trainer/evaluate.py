@@ -507,7 +507,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     matryoshka = None
 
     synthetic = ctx.upstream_dir("mine") / "test_beir"
-    if (synthetic / "corpus.jsonl").is_file():
+    qrels = synthetic / "qrels" / "test.tsv"
+    if (synthetic / "corpus.jsonl").is_file() and len(qrels.read_text().splitlines()) <= 1:
+        ctx.log.warning("evaluate: the held-out synthetic split has no queries (see the mine stage's counts); "
+                        "skipping it")
+    elif (synthetic / "corpus.jsonl").is_file():
         ctx.report("evaluate: held-out synthetic split", 0.1)
         res = compare_on_beir(base, tuned, synthetic, dims=dims, **kw)
         write_json_atomic(ctx.dir / "synthetic.json", res)

@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from trainer._process import pid_alive
 from trainer.config import Config
 from trainer.errors import TrainerError
 from trainer.logs import redact
@@ -42,14 +43,6 @@ class Job:
     status: str = "running"  # running, finished, failed, cancelled
     returncode: int | None = None
     finished: float | None = None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 class JobManager:
@@ -73,7 +66,7 @@ class JobManager:
         job = Job(**json.loads(self.state_path.read_text()))
         if job.status == "running":
             code = self._proc.poll() if self._proc is not None and self._proc.pid == job.pid else None
-            if code is not None or not _alive(job.pid):
+            if code is not None or not pid_alive(job.pid):
                 if code is None and self._proc is not None and self._proc.pid == job.pid:
                     code = self._proc.wait()
                 job.returncode = code
@@ -122,7 +115,7 @@ class JobManager:
             while time.time() < deadline:
                 if self._proc is not None and self._proc.pid == job.pid and self._proc.poll() is not None:
                     break
-                if not _alive(job.pid):
+                if not pid_alive(job.pid):
                     break
                 time.sleep(0.2)
             else:

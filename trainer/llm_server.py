@@ -24,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from trainer._process import stop_group
 from trainer.errors import TrainerError
 from trainer.logs import get_logger
 
@@ -153,17 +154,7 @@ class LocalLLMServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
+        stop_group(proc)
 
     def __enter__(self) -> LocalLLMServer:
         return self.start()

@@ -98,7 +98,9 @@ def split_documents(doc_ids: Sequence[str], test_fraction: float, seed: int) -> 
     n_test = int(len(ids) * test_fraction + 0.5)
     if test_fraction > 0 and len(ids) >= 2:
         n_test = min(max(n_test, 1), len(ids) - 1)
-    random.Random(seed).shuffle(ids)
+    # A seed of its own: generate samples documents with Random(seed), and the same stream here would
+    # hold out exactly the documents generation skipped (no test queries at all).
+    random.Random(f"split/{seed}").shuffle(ids)
     return set(ids[:n_test])
 
 

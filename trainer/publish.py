@@ -58,7 +58,7 @@ from typing import Any, TypeVar
 from trainer.config import Config
 from trainer.errors import StageError, TrainerError
 from trainer.logs import redact
-from trainer.models import hub_reachable, is_offline
+from trainer.models import hub_reachable, is_offline, sha256_file
 from trainer.rundir import RunDir, Stage, StageContext, write_json_atomic
 
 KINDS = ("queries", "training_set", "model")  # push order: the model card links the datasets
@@ -296,20 +296,12 @@ def _git_blob_oid(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def local_files(folder: Path) -> dict[str, dict[str, Any]]:
     """path in repo -> {size, sha256, git_oid} for every file of a folder to push."""
     out = {}
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = file.relative_to(folder).as_posix()
-        out[rel] = {"size": file.stat().st_size, "sha256": _sha256(file), "git_oid": _git_blob_oid(file)}
+        out[rel] = {"size": file.stat().st_size, "sha256": sha256_file(file), "git_oid": _git_blob_oid(file)}
     return out
 
 
