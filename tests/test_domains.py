@@ -80,3 +80,9 @@ def test_domains_main_prints_table(shared_data, capsys, tmp_path):
     assert "| rank | domain |" in capsys.readouterr().out
     assert main(["--results-dir", str(tmp_path)]) == 2
     assert "no MTEB results folder" in capsys.readouterr().err
+
+
+def test_no_tasks_means_no_references():
+    from trainer.leaderboard import load_scores
+
+    assert load_scores([]) == {}

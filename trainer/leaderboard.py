@@ -91,9 +91,12 @@ def task_main_score(task_result: Any) -> float | None:
 
 def load_scores(task_names: Iterable[str], results_dir: str | Path | None = None) -> dict[str, list[ModelScore]]:
     """task -> every model's main score on it (best first), from an MTEB results folder."""
+    tasks = tuple(sorted(set(task_names)))
+    if not tasks:  # mteb's loader fails on an empty task list (e.g. evaluate.mteb=false)
+        return {}
     path = default_results_dir(results_dir)
     _check_results_dir(path)
-    loaded = _load(str(path.resolve()), tuple(sorted(set(task_names))))
+    loaded = _load(str(path.resolve()), tasks)
     return {t: list(v) for t, v in loaded.items()}
 
 
