@@ -8,12 +8,24 @@ Generation runs over a seeded sample of ``--docs`` documents (the whole corpus i
 mining and evaluation). Settings come from ``--config`` (default configs/e2e-cpu.yaml) plus the
 task's domain; ``--set key=value`` overrides them. Prints a summary, appends a section to
 BENCHMARKS.md and writes benchmarks/results/e2e-<task>.json (mteb's 0-1 scale).
+
+Choosing settings (ablations) happens on a dev split, never on the test queries:
+
+    python benchmarks/e2e.py --task ../shared/data/scifact --dev train --label lr5e-5 \\
+        --reuse runs/e2e-scifact --set train.lr=5e-5
+
+``--dev SPLIT`` scores base and tuned on the folder's ``qrels/SPLIT.tsv`` (SciFact's real training
+queries) with the project's own BEIR metrics, runs no MTEB task, and writes
+benchmarks/results/dev/<task>-<label>.json. ``--reuse RUN`` copies the ingest and generate stages (and
+the LLM response cache) of an earlier run, so that an ablation of mining or training does not pay for
+generation again; stage keys still decide: a changed generate setting regenerates.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -29,15 +41,25 @@ TASKS = {  # BEIR folder name -> (MTEB task, domain)
     "legalbench_corporate_lobbying": ("LegalBenchCorporateLobbying", "legal"),
 }
 METRICS = ("ndcg_at_10", "recall_at_10", "mrr_at_10")
+REUSED = ("stages/ingest", "stages/generate", "cache")
+HYPER = ("generate.generator", "generate.questions_per_chunk", "generate.max_chunks_per_document",
+         "mine.mode", "mine.num_negatives", "mine.margin", "train.loss", "train.hard_negatives_only",
+         "train.num_negatives", "train.lr", "train.epochs", "train.max_seq_length", "train.batch_size")
 
 
-def _scores(run_dir: Path, task: str, revision: str) -> dict[str, float]:
+def _mteb_scores(run_dir: Path, task: str, revision: str) -> dict[str, float]:
     files = sorted((run_dir / "stages" / "evaluate" / "mteb").rglob(f"{revision}/{task}.json"))
     if not files:
         raise SystemExit(f"no mteb result for {task} ({revision}) under {run_dir}/stages/evaluate/mteb")
     data = json.loads(files[0].read_text())
     split = data["scores"].get("test") or next(iter(data["scores"].values()))
     return {m: float(split[0][m]) for m in METRICS}
+
+
+def _dev_scores(run_dir: Path) -> tuple[dict[str, float], dict[str, float], int]:
+    data = json.loads((run_dir / "stages" / "evaluate" / "beir.json").read_text())
+    pick = lambda who: {m: float(data[who][m]) for m in METRICS}  # noqa: E731
+    return pick("base"), pick("tuned"), int(data["n_queries"])
 
 
 def _commit() -> str:
@@ -47,6 +69,34 @@ def _commit() -> str:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
+def reuse_generation(source: Path, run_dir: Path) -> list[str]:
+    """Copy (hard-link where possible) ``source``'s ingest + generate stages and LLM cache into ``run_dir``."""
+    copied = []
+    for rel in REUSED:
+        src, dst = source / rel, run_dir / rel
+        if not src.exists() or dst.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copytree(src, dst, copy_function=_link_or_copy)
+        except OSError:
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+        copied.append(rel)
+    return copied
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        Path(dst).hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
@@ -54,6 +104,10 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "e2e-cpu.yaml"))
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--dev", metavar="SPLIT", default=None,
+                    help="score on qrels/SPLIT.tsv with the project's metrics instead of mteb's test split")
+    ap.add_argument("--label", default="default", help="name of this variant (dev results, run dir)")
+    ap.add_argument("--reuse", metavar="RUN", default=None, help="copy ingest + generate from this run dir")
     ap.add_argument("--no-append", action="store_true", help="do not append to BENCHMARKS.md")
     args = ap.parse_args()
 
@@ -62,20 +116,35 @@ def main() -> None:
     task, domain = TASKS.get(name, (None, None))
     if task is None:
         raise SystemExit(f"unknown task folder {name!r}; known: {', '.join(TASKS)}")
-    run_dir = Path(args.run_dir or ROOT / "runs" / f"e2e-{name}")
+    if args.dev and not (folder / "qrels" / f"{args.dev}.tsv").is_file():
+        raise SystemExit(f"--dev {args.dev}: {folder}/qrels/{args.dev}.tsv does not exist")
+    suffix = "" if args.label == "default" else f"-{args.label}"
+    run_dir = Path(args.run_dir or ROOT / "runs" / f"e2e-{name}{'-dev' if args.dev else ''}{suffix}")
+    if args.reuse:
+        copied = reuse_generation(Path(args.reuse).resolve(), run_dir)
+        print(f"reused from {args.reuse}: {', '.join(copied) or 'nothing (already there)'}")
+    evaluation = (["evaluate.tasks=[]", f"evaluate.beir_dir={folder}", f"evaluate.beir_split={args.dev}"]
+                  if args.dev else [f"evaluate.tasks=[{task}]"])
     cfg = load_config(args.config, [
         f"domain={domain}", f"run.dir={run_dir}", f"ingest.source={folder}",
-        f"generate.sample_documents={args.docs}", f"evaluate.tasks=[{task}]", *args.overrides,
+        f"generate.sample_documents={args.docs}", *evaluation, *args.overrides,
     ])
     t0 = time.perf_counter()
     outcomes = run_pipeline(cfg, to="evaluate")
     wall = (time.perf_counter() - t0) / 60
     stages = {o.stage: o.manifest for o in outcomes}
     minutes = {s: round(m.get("duration_s", 0) / 60, 2) for s, m in stages.items()}
-    base, tuned = _scores(run_dir, task, "base"), _scores(run_dir, task, "tuned")
+    if args.dev:
+        base, tuned, n_queries = _dev_scores(run_dir)
+    else:
+        base, tuned = _mteb_scores(run_dir, task, "base"), _mteb_scores(run_dir, task, "tuned")
+        n_queries = None
+    hyper = {k: v for key in HYPER for k, v in cfg.pick(key).items()}
     result = {
         "task": task,
         "folder": name,
+        "split": args.dev or "test",
+        "label": args.label,
         "base_model": cfg.model.name,
         "base_ndcg_at_10": base["ndcg_at_10"],
         "tuned_ndcg_at_10": tuned["ndcg_at_10"],
@@ -88,22 +157,33 @@ def main() -> None:
         "generator": stages["generate"]["counts"].get("generator"),
         "queries": stages["generate"]["counts"].get("queries"),
         "train_rows": stages["train"]["counts"].get("rows"),
+        "hyperparameters": hyper,
         "settings": {k: cfg.pick(k)[k] for k in ("generate", "mine", "train")},
         "contamination": "the training corpus is the evaluation corpus (documents only; no test queries or qrels)",
         "commit": _commit(),
     }
-    out = ROOT / "benchmarks" / "results" / f"e2e-{name}.json"
+    if n_queries is not None:
+        result["dev_queries"] = n_queries
+    if args.dev:
+        out = ROOT / "benchmarks" / "results" / "dev" / f"{name}-{args.label}.json"
+    else:
+        out = ROOT / "benchmarks" / "results" / f"e2e-{name}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    line = (f"| {task} | {100 * base['ndcg_at_10']:.2f} | {100 * tuned['ndcg_at_10']:.2f} | "
-            f"{result['delta_ndcg_at_10_points']:+.2f} | {100 * base['recall_at_10']:.2f} -> "
-            f"{100 * tuned['recall_at_10']:.2f} | {100 * base['mrr_at_10']:.2f} -> {100 * tuned['mrr_at_10']:.2f} | "
+    line = (f"| {task} | {_pct(base['ndcg_at_10'])} | {_pct(tuned['ndcg_at_10'])} | "
+            f"{result['delta_ndcg_at_10_points']:+.2f} | {_pct(base['recall_at_10'])} -> "
+            f"{_pct(tuned['recall_at_10'])} | {_pct(base['mrr_at_10'])} -> {_pct(tuned['mrr_at_10'])} | "
             f"{result['minutes_total']:.1f} | {result['queries']} | {result['commit']} |")
     print(json.dumps(result, indent=2))
     print(line)
-    if not args.no_append:
+    if not args.no_append and not args.dev:
+        timing = ", ".join(f"{s} {m:.1f}" for s, m in minutes.items())
         with (ROOT / "BENCHMARKS.md").open("a", encoding="utf-8") as fh:
-            fh.write(f"\n<!-- e2e {task} {time.strftime('%Y-%m-%d %H:%M')} -->\n{line}\n")
+            fh.write(f"\n<!-- e2e {task} {args.label} {time.strftime('%Y-%m-%d %H:%M')} -->\n"
+                     "| task | base nDCG@10 | tuned nDCG@10 | delta | Recall@10 | MRR@10 | minutes | queries "
+                     f"| commit |\n|---|---|---|---|---|---|---|---|---|\n{line}\n\n"
+                     f"Stage minutes: {timing}. Generator: `{result['generator']}`. Hyperparameters: "
+                     f"`{json.dumps(hyper)}`.\n")
 
 
 if __name__ == "__main__":
