@@ -16,9 +16,9 @@ Choosing settings (ablations) happens on a dev split, never on the test queries:
 
 ``--dev SPLIT`` scores base and tuned on the folder's ``qrels/SPLIT.tsv`` (SciFact's real training
 queries) with the project's own BEIR metrics, runs no MTEB task, and writes
-benchmarks/results/dev/<task>-<label>.json. ``--reuse RUN`` copies the ingest and generate stages (and
+benchmarks/results/dev/<task>-<label>.json. ``--reuse RUN`` copies the ingest, generate and mine stages (and
 the LLM response cache) of an earlier run, so that an ablation of mining or training does not pay for
-generation again; stage keys still decide: a changed generate setting regenerates.
+generation again; stage keys still decide: a changed setting re-runs its stage (the copy is archived).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ TASKS = {  # BEIR folder name -> (MTEB task, domain)
     "legalbench_corporate_lobbying": ("LegalBenchCorporateLobbying", "legal"),
 }
 METRICS = ("ndcg_at_10", "recall_at_10", "mrr_at_10")
-REUSED = ("stages/ingest", "stages/generate", "cache")
+REUSED = ("stages/ingest", "stages/generate", "stages/mine", "cache")
 HYPER = ("generate.generator", "generate.questions_per_chunk", "generate.max_chunks_per_document",
          "mine.mode", "mine.num_negatives", "mine.margin", "train.loss", "train.hard_negatives_only",
          "train.num_negatives", "train.lr", "train.epochs", "train.max_seq_length", "train.batch_size")
@@ -70,15 +70,15 @@ def _commit() -> str:
 
 
 def reuse_generation(source: Path, run_dir: Path) -> list[str]:
-    """Copy (hard-link where possible) ``source``'s ingest + generate stages and LLM cache into ``run_dir``."""
+    """Copy (hard-link where possible) ``source``'s ingest, generate and mine stages and LLM cache into ``run_dir``."""
     copied = []
     for rel in REUSED:
         src, dst = source / rel, run_dir / rel
         if not src.exists() or dst.exists():
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copytree(src, dst, copy_function=_link_or_copy)
+        try:  # stage outputs are never written in place: hard links; the LLM cache is appended to: a copy
+            shutil.copytree(src, dst, copy_function=_link_or_copy if rel.startswith("stages/") else shutil.copy2)
         except OSError:
             shutil.rmtree(dst, ignore_errors=True)
             shutil.copytree(src, dst)
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--dev", metavar="SPLIT", default=None,
                     help="score on qrels/SPLIT.tsv with the project's metrics instead of mteb's test split")
     ap.add_argument("--label", default="default", help="name of this variant (dev results, run dir)")
-    ap.add_argument("--reuse", metavar="RUN", default=None, help="copy ingest + generate from this run dir")
+    ap.add_argument("--reuse", metavar="RUN", default=None, help="copy ingest, generate and mine from this run dir")
     ap.add_argument("--no-append", action="store_true", help="do not append to BENCHMARKS.md")
     args = ap.parse_args()
 
