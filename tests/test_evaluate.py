@@ -19,6 +19,7 @@ from trainer.evaluate import (
     find_local_folder,
     load_beir,
     load_model,
+    model_fingerprint,
     run_mteb_tasks,
 )
 from trainer.leaderboard import compare
@@ -66,6 +67,33 @@ def test_tiny_beir_folder_ranks_the_obvious_document_first(tmp_path, base_model)
     assert res["n_queries"] == 2 and res["n_docs"] == 3
     assert set(res["matryoshka"]) == {"128", "32"}
 
+
+
+def test_embedding_cache_skips_encoding_and_follows_the_weights(tmp_path, base_model, monkeypatch):
+    import copy
+
+    import torch
+
+    corpus = {f"d{i}": ("", f"passage number {i} about topic {i % 3}") for i in range(6)}
+    write_beir(tmp_path / "beir", corpus, {"q1": "topic 1"}, {"q1": {"d1": 1}})
+    cache = tmp_path / "emb"
+    first = evaluate_model_on_beir(base_model, tmp_path / "beir", cache_dir=cache)
+    assert len(list(cache.glob("*.npy"))) == 2  # documents and queries
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("encoded again despite the cache")
+
+    monkeypatch.setattr(base_model, "encode_document", refuse)
+    monkeypatch.setattr(base_model, "encode_query", refuse)
+    assert evaluate_model_on_beir(base_model, tmp_path / "beir", cache_dir=cache) == first
+    monkeypatch.undo()
+
+    changed = copy.deepcopy(base_model)
+    with torch.no_grad():
+        next(changed.parameters()).add_(0.01)
+    assert model_fingerprint(changed) != model_fingerprint(base_model)
+    evaluate_model_on_beir(changed, tmp_path / "beir", cache_dir=cache)
+    assert len(list(cache.glob("*.npy"))) == 4
 
 LONG = " ".join(
     f"Statins reduce LDL cholesterol number {i} and lower the risk of heart attack in adults who take them daily."

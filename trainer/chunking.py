@@ -159,3 +159,10 @@ class Chunker:
                 continue
             chunks.append(Chunk(t, g[0][0], g[-1][1], n, len(g)))
         return chunks
+
+
+def passage_text(title: str | None, text: str | None) -> str:
+    """A passage as it is embedded, trained on and evaluated: ``title + " " + text``, stripped, as MTEB
+    embeds BEIR documents (the title is left out when empty)."""
+    text = text or ""
+    return f"{title} {text}".strip() if title else text.strip()

@@ -257,6 +257,11 @@ class EvaluateConfig(_Section):
     beir_split: str = Field("test", description="Qrels split read from beir_dir.")
     matryoshka: bool = Field(True, description="Also score the synthetic split at each train.matryoshka_dims size.")
     batch_size: int = Field(32, ge=1, description="Encoding batch size.")
+    embedding_cache: bool = Field(
+        True, description="Cache the base model's embeddings of the synthetic split and beir_dir under "
+        "~/.cache/domain-embed/embeddings (keyed by a hash of its weights, the prompt and the texts), so that "
+        "re-evaluating a run or a variant does not encode them again."
+    )
     regression_tolerance: float = Field(
         0.0, ge=0, description="A task is a regression when tuned main score < base - this (score units, 0-1)."
     )

@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 import zlib
@@ -42,9 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.chunking import passage_text
 from trainer.config import Config
 from trainer.errors import InputError, StageError, TrainerError
 from trainer.metrics import deltas, evaluate_run
+from trainer.models import cache_dir as user_cache_dir
 from trainer.models import is_offline, resolve_model
 from trainer.paths import data_dir
 from trainer.readers import normalized_hash
@@ -128,8 +131,7 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
 
 def doc_text(doc: Mapping[str, str]) -> str:
     """A document as mteb embeds it: title and text joined by a space."""
-    title = doc.get("title") or ""
-    return f"{title} {doc.get('text') or ''}".strip() if title else (doc.get("text") or "")
+    return passage_text(doc.get("title"), doc.get("text"))
 
 
 # ---------------------------------------------------------------------------------- own retrieval
@@ -149,14 +151,48 @@ def _as_model(model: Any, max_seq_length: int | None = None):
     return load_model(model, max_seq_length) if isinstance(model, str | Path) else model
 
 
-def _encode(model: Any, texts: list[str], kind: str, batch_size: int, prompt: str | None):
+def model_fingerprint(model: Any) -> str:
+    """A hash of a SentenceTransformer's weights, module settings (its repr: max_seq_length, pooling,
+    normalization) and tokenizer size: two models with the same fingerprint embed text identically."""
     import torch
 
+    tok = getattr(model, "tokenizer", None)
+    h = hashlib.sha256(f"{model!r}|{type(tok).__name__}|{len(tok) if tok is not None else 0}".encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def _encode(model: Any, texts: list[str], kind: str, batch_size: int, prompt: str | None,
+            cache: tuple[Path, str] | None = None):
+    """Unnormalised float32 embeddings; with ``cache=(folder, model fingerprint)`` they are read from
+    (or saved to) ``folder/<hash of fingerprint, kind, prompt and texts>.npy``."""
+    import numpy as np
+    import torch
+
+    path = None
+    if cache is not None:
+        h = hashlib.sha256(f"{cache[1]}|{kind}|{prompt or ''}|{len(texts)}".encode())
+        for t in texts:
+            h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+        path = cache[0] / f"{h.hexdigest()[:32]}.npy"
+        if path.is_file():
+            with contextlib.suppress(Exception):  # a damaged entry is recomputed
+                arr = np.load(path)
+                if arr.shape[0] == len(texts):
+                    return torch.from_numpy(arr)
     fn = getattr(model, "encode_query" if kind == "query" else "encode_document", None) or model.encode
     with torch.inference_mode():
         emb = fn(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False,
                  prompt=prompt or None, normalize_embeddings=False)
-    return emb.float().cpu()
+    emb = emb.float().cpu()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")
+        np.save(tmp, emb.numpy())
+        os.replace(tmp, path)
+    return emb
 
 
 def search(
@@ -168,19 +204,23 @@ def search(
     batch_size: int = 32,
     query_prompt: str = "",
     passage_prompt: str = "",
+    cache_dir: Path | None = None,
 ) -> dict[int | None, dict[str, dict[str, float]]]:
     """Dense cosine retrieval of every query's top_k documents, at each dimension (None: full).
 
     The corpus and queries are encoded once; a Matryoshka dimension d keeps the first d components
-    and re-normalises, which is what sentence-transformers' ``truncate_dim`` + cosine does.
+    and re-normalises, which is what sentence-transformers' ``truncate_dim`` + cosine does. With
+    ``cache_dir``, embeddings are cached there by model fingerprint and texts (see ``_encode``).
     """
     import torch
 
     model = _as_model(model)
+    cache = (Path(cache_dir), model_fingerprint(model)) if cache_dir is not None else None
     doc_ids = list(data.corpus)
     query_ids = list(data.queries)
-    d_full = _encode(model, [doc_text(data.corpus[i]) for i in doc_ids], "document", batch_size, passage_prompt)
-    q_full = _encode(model, [data.queries[i] for i in query_ids], "query", batch_size, query_prompt)
+    d_full = _encode(model, [doc_text(data.corpus[i]) for i in doc_ids], "document", batch_size, passage_prompt,
+                     cache)
+    q_full = _encode(model, [data.queries[i] for i in query_ids], "query", batch_size, query_prompt, cache)
     runs: dict[int | None, dict[str, dict[str, float]]] = {}
     k = min(top_k, len(doc_ids))
     for dim in dims:
@@ -208,6 +248,7 @@ def evaluate_model_on_beir(
     batch_size: int = 32,
     query_prompt: str = "",
     passage_prompt: str = "",
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Metrics of a model (name, folder or SentenceTransformer) on a BEIR folder.
 
@@ -220,7 +261,7 @@ def evaluate_model_on_beir(
         )
     wanted: list[int | None] = [None, *[d for d in dims if d]]
     runs = search(model, data, top_k=max(k_values), dims=wanted, batch_size=batch_size,
-                  query_prompt=query_prompt, passage_prompt=passage_prompt)
+                  query_prompt=query_prompt, passage_prompt=passage_prompt, cache_dir=cache_dir)
     return {
         "metrics": evaluate_run(runs[None], data.qrels, k_values),
         "matryoshka": {str(d): evaluate_run(runs[d], data.qrels, k_values) for d in wanted if d},
@@ -229,10 +270,12 @@ def evaluate_model_on_beir(
     }
 
 
-def compare_on_beir(base: Any, tuned: Any, folder: str | Path | BeirData, **kwargs: Any) -> dict[str, Any]:
-    """Base and tuned on one BEIR folder, with per-metric absolute and relative deltas."""
+def compare_on_beir(base: Any, tuned: Any, folder: str | Path | BeirData, *, base_cache_dir: Path | None = None,
+                    **kwargs: Any) -> dict[str, Any]:
+    """Base and tuned on one BEIR folder, with per-metric absolute and relative deltas (the base model's
+    embeddings cached in ``base_cache_dir`` when given: every run of a config re-scores the same base)."""
     data = folder if isinstance(folder, BeirData) else load_beir(folder, kwargs.pop("split", "test"))
-    b = evaluate_model_on_beir(base, data, **kwargs)
+    b = evaluate_model_on_beir(base, data, cache_dir=base_cache_dir, **kwargs)
     t = evaluate_model_on_beir(tuned, data, **kwargs)
     return {
         "folder": str(data.folder) if data.folder else None,
@@ -501,7 +544,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     k_values = sorted(set(ev.k_values))
     dims = sorted(set(cfg.train.matryoshka_dims), reverse=True) if ev.matryoshka else []
     kw = {"k_values": k_values, "batch_size": ev.batch_size,
-          "query_prompt": cfg.model.query_prompt, "passage_prompt": cfg.model.passage_prompt}
+          "query_prompt": cfg.model.query_prompt, "passage_prompt": cfg.model.passage_prompt,
+          "base_cache_dir": user_cache_dir() / "embeddings" if ev.embedding_cache else None}
     rows: list[dict[str, Any]] = []
     counts: dict[str, Any] = {}
     matryoshka = None

@@ -49,8 +49,10 @@ from typing import Any
 
 import numpy as np
 
+from trainer.chunking import passage_text
 from trainer.config import Config
 from trainer.errors import InputError, StageError
+from trainer.metrics import evaluate_run
 from trainer.paths import data_dir, data_path
 from trainer.rundir import Stage, StageContext, fingerprint_dir, write_json_atomic
 
@@ -178,11 +180,6 @@ def export_onnx(
 # Parity data
 
 
-def passage_text(title: str | None, text: str) -> str:
-    """A document as it is embedded: ``(title + " " + text).strip()``, as MTEB embeds BEIR docs."""
-    return f"{title} {text}".strip() if title else (text or "").strip()
-
-
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     with path.open(encoding="utf-8") as fh:
         for line in fh:
@@ -308,16 +305,6 @@ def load_retrieval_task(
     )
 
 
-def ndcg_at_10(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> float:
-    """Mean nDCG@10 over the judged queries, as trec_eval computes it (pytrec_eval)."""
-    import pytrec_eval
-
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"})
-    scores = evaluator.evaluate(run)
-    judged = [q for q, rels in qrels.items() if any(v > 0 for v in rels.values())]
-    return float(sum(scores.get(q, {}).get("ndcg_cut_10", 0.0) for q in judged) / max(1, len(judged)))
-
-
 def retrieval_ndcg(
     model: Any, task: RetrievalTask, *, batch_size: int = 32, query_prompt: str = "", passage_prompt: str = "",
     top_k: int = 100,
@@ -335,7 +322,7 @@ def retrieval_ndcg(
     for i, q in enumerate(q_ids):
         top = np.argpartition(-scores[i], k - 1)[:k]
         run[q] = {doc_ids[j]: float(scores[i, j]) for j in top}
-    return ndcg_at_10(run, task.qrels)
+    return evaluate_run(run, task.qrels, k_values=(10,)).get("ndcg_at_10", 0.0)
 
 
 def _retrieval_folder(cfg: Config, run_root: Path) -> tuple[Path | None, str, str]:
@@ -518,5 +505,5 @@ STAGE = Stage(
 
 __all__ = [
     "FP32_FILE", "STAGE", "RetrievalTask", "cosines", "export_onnx", "int8_file_name", "load_onnx",
-    "load_retrieval_task", "ndcg_at_10", "parity_passages", "pick_int8_config", "retrieval_ndcg",
+    "load_retrieval_task", "parity_passages", "pick_int8_config", "retrieval_ndcg",
 ]

@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from trainer._faults import crash_point
+from trainer.chunking import passage_text
 from trainer.config import Config
 from trainer.errors import InputError
 from trainer.models import resolve_model
@@ -77,11 +78,6 @@ REQUIRED_QUERY_COLUMNS = ("query_id", "query", "positive_chunk_ids")
 
 
 # ---------------------------------------------------------------- pure helpers (unit-tested)
-
-
-def passage_text(title: str | None, text: str) -> str:
-    """A chunk as it is embedded and trained on: ``(title + " " + text).strip()``, as MTEB embeds BEIR docs."""
-    return f"{title} {text}".strip() if title else text.strip()
 
 
 def normalized(text: str) -> str:
