@@ -220,6 +220,12 @@ def test_stage_flags_a_worse_model_on_the_synthetic_split(shared_data, tmp_path)
     assert outcome.manifest["counts"]["regressions"] == 1
     assert run_stage(STAGE, cfg, RunDir(tmp_path)).action == "skipped"
 
+    quick = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"synthetic_split": False})})
+    assert run_stage(STAGE, quick, RunDir(tmp_path)).action != "skipped"  # a new key: the stage runs again
+    report = json.loads((out / "report.json").read_text())
+    assert not (out / "synthetic.json").exists() and report["regressions"] == []
+    assert "synthetic held-out" not in [t["task"] for t in report["tasks"]]
+
 
 @pytest.mark.slow
 @pytest.mark.shared_data

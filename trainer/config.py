@@ -250,6 +250,10 @@ class EvaluateConfig(_Section):
         "default: $DOMAIN_EMBED_DATA/mteb-results."
     )
     mteb: bool = Field(True, description="Evaluate base and tuned models on the MTEB tasks.")
+    synthetic_split: bool = Field(
+        True, description="Score the held-out synthetic split (the mine stage's test_beir: its corpus is every "
+        "chunk, so on a large corpus this is the slowest part of the stage)."
+    )
     beir_dir: str | None = Field(
         None, description="Your own BEIR folder of real queries (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) "
         "to evaluate base and tuned on."

@@ -552,7 +552,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     synthetic = ctx.upstream_dir("mine") / "test_beir"
     qrels = synthetic / "qrels" / "test.tsv"
-    if (synthetic / "corpus.jsonl").is_file() and len(qrels.read_text().splitlines()) <= 1:
+    if not ev.synthetic_split:
+        ctx.log.info("evaluate: held-out synthetic split not scored (evaluate.synthetic_split=false)")
+    elif (synthetic / "corpus.jsonl").is_file() and len(qrels.read_text().splitlines()) <= 1:
         ctx.log.warning("evaluate: the held-out synthetic split has no queries (see the mine stage's counts); "
                         "skipping it")
     elif (synthetic / "corpus.jsonl").is_file():
