@@ -44,7 +44,8 @@ METRICS = ("ndcg_at_10", "recall_at_10", "mrr_at_10")
 REUSED = ("stages/ingest", "stages/generate", "stages/mine", "cache")
 HYPER = ("generate.generator", "generate.questions_per_chunk", "generate.max_chunks_per_document",
          "mine.mode", "mine.num_negatives", "mine.margin", "train.loss", "train.hard_negatives_only",
-         "train.num_negatives", "train.lr", "train.epochs", "train.max_seq_length", "train.batch_size")
+         "train.num_negatives", "train.temperature", "train.lr", "train.epochs", "train.max_seq_length",
+         "train.batch_size")
 
 
 def _mteb_scores(run_dir: Path, task: str, revision: str) -> dict[str, float]:
