@@ -79,11 +79,8 @@ def reuse_generation(source: Path, run_dir: Path) -> list[str]:
         if not src.exists() or dst.exists():
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        try:  # stage outputs are never written in place: hard links; the LLM cache is appended to: a copy
-            shutil.copytree(src, dst, copy_function=_link_or_copy if rel.startswith("stages/") else shutil.copy2)
-        except OSError:
-            shutil.rmtree(dst, ignore_errors=True)
-            shutil.copytree(src, dst)
+        # stage outputs are never written in place: hard links; the LLM cache is appended to: a copy
+        shutil.copytree(src, dst, copy_function=_link_or_copy if rel.startswith("stages/") else shutil.copy2)
         copied.append(rel)
     return copied
 

@@ -68,7 +68,6 @@ def test_tiny_beir_folder_ranks_the_obvious_document_first(tmp_path, base_model)
     assert set(res["matryoshka"]) == {"128", "32"}
 
 
-
 def test_embedding_cache_skips_encoding_and_follows_the_weights(tmp_path, base_model, monkeypatch):
     import copy
 
@@ -94,6 +93,7 @@ def test_embedding_cache_skips_encoding_and_follows_the_weights(tmp_path, base_m
     assert model_fingerprint(changed) != model_fingerprint(base_model)
     evaluate_model_on_beir(changed, tmp_path / "beir", cache_dir=cache)
     assert len(list(cache.glob("*.npy"))) == 4
+
 
 LONG = " ".join(
     f"Statins reduce LDL cholesterol number {i} and lower the risk of heart attack in adults who take them daily."
