@@ -44,10 +44,14 @@ def test_parse_override_reads_scientific_notation_and_strings():
         ("train.lr=fast", "train.lr"),
         ("mine.mode=magic", "mine.mode"),
         ("generate.min_hops=3", "min_hops (3) is larger than max_hops"),
+        ("generate.query_types=[multi_hop]", "query_types has multi_hop but max_hops < 2"),
+        ("generate.query_types=[]", "must be a non-empty list"),
+        ("generate.query_types=[claim]", "generate.query_types"),
     ],
 )
 def test_invalid_settings_give_clear_errors(override, message):
-    extra = ["generate.max_hops=2"] if "hops" in override else []
+    extra = (["generate.max_hops=2"] if "min_hops" in override
+             else ["generate.max_hops=1"] if "query_types" in override else [])
     with pytest.raises(ConfigError) as info:
         load_config(None, [override, *extra])
     assert message in str(info.value)

@@ -9,6 +9,7 @@ import pytest
 
 from trainer.config import load_config
 from trainer.generate import copy_reason, near_duplicates, parse_judge, parse_query, plan_tasks
+from trainer.prompts import PROMPT_VERSION
 
 from .fault_proxy import FaultProxy
 
@@ -97,6 +98,15 @@ def test_plan_single_chunk_docs_use_other_documents_and_sampling():
     assert {t.qtype for t in tasks} == {"factual", "contextual"} and len(tasks) == 6
 
 
+def test_plan_query_types_restrict_and_order_the_cycle():
+    claims = load_config(None, ["generate.query_types=[factual]", "generate.questions_per_chunk=2"])
+    tasks = plan_tasks(_chunks(3, 2), claims)
+    assert len(tasks) == 12 and {t.qtype for t in tasks} == {"factual"}
+    assert all(len(t.chunk_ids) == 1 for t in tasks)
+    two = load_config(None, ["generate.query_types=[multi_hop, factual]", "generate.questions_per_chunk=1"])
+    assert [t.qtype for t in plan_tasks(_chunks(4, 1), two)] == ["multi_hop", "factual"] * 2
+
+
 # --- the stage against a real server -------------------------------------------------------------
 
 
@@ -128,7 +138,7 @@ def test_generate_stage_with_embedded_server(tmp_path):
         assert q["hops"] == len(q["positive_chunk_ids"]) == len(q["hop_contexts"])
         assert q["hop_contexts"][0] == chunks[q["positive_chunk_ids"][0]]["text"]
         assert q["positive_doc_ids"] == sorted({chunks[c]["doc_id"] for c in q["positive_chunk_ids"]})
-        assert q["generator"].startswith("gguf:smollm2") and q["prompt_version"] == "v1"
+        assert q["generator"].startswith("gguf:smollm2") and q["prompt_version"] == PROMPT_VERSION
     card = (tmp_path / "stages/generate/README.md").read_text()
     assert "synthetic" in card and "never from evaluation queries" in card
     # re-run: up to date, no server started

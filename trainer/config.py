@@ -102,6 +102,11 @@ class GenerateConfig(_Section):
     server_threads: int | None = Field(None, ge=1, description="CPU threads of the embedded server; default: all.")
     questions_per_chunk: int = Field(3, ge=1, description="Questions asked per chunk (types cycle factual, "
                                      "contextual, multi-hop).")
+    query_types: list[Literal["factual", "contextual", "multi_hop"]] | None = Field(
+        None, description="Question types to ask, cycled in this order; None: the recipe's factual, contextual, "
+        "multi-hop (multi-hop only when max_hops >= 2). [factual] asks only for claims/short queries, as in "
+        "claim-verification tasks (SciFact)."
+    )
     min_hops: int = Field(1, ge=1, le=3, description="Fewest chunks a question draws on.")
     max_hops: int = Field(3, ge=1, le=3, description="Most chunks a question draws on (recipe: 1-3).")
     sample_documents: int | None = Field(None, ge=1, description="Generate for a seeded sample of N documents "
@@ -142,6 +147,14 @@ class GenerateConfig(_Section):
     def _hops(self) -> GenerateConfig:
         if self.min_hops > self.max_hops:
             raise ValueError(f"min_hops ({self.min_hops}) is larger than max_hops ({self.max_hops})")
+        if self.query_types is not None:
+            if not self.query_types or len(set(self.query_types)) != len(self.query_types):
+                raise ValueError(f"query_types {self.query_types} must be a non-empty list without repeats")
+            if "multi_hop" in self.query_types and self.max_hops < 2:
+                raise ValueError("query_types has multi_hop but max_hops < 2: raise max_hops or drop multi_hop")
+            if self.min_hops >= 2 and self.query_types != ["multi_hop"]:
+                raise ValueError(f"min_hops {self.min_hops} asks for multi-hop questions only, but query_types is "
+                                 f"{self.query_types}")
         return self
 
 

@@ -72,7 +72,9 @@ def plan_tasks(chunks: list[dict[str, Any]], cfg: Config) -> list[Task]:
     docs = sorted(by_doc)
     if g.sample_documents is not None and g.sample_documents < len(docs):
         docs = sorted(rng.sample(docs, g.sample_documents))
-    if g.min_hops >= 2:
+    if g.query_types is not None:
+        types = list(g.query_types)
+    elif g.min_hops >= 2:
         types = ["multi_hop"]
     elif g.max_hops < 2:
         types = ["factual", "contextual"]
@@ -554,8 +556,9 @@ STAGE = Stage(
     name="generate",
     run=run,
     sections=(
-        "domain", "run.seed", "model.name", "model.query_prompt", "generate.questions_per_chunk", "generate.min_hops",
-        "generate.max_hops", "generate.sample_documents", "generate.max_chunks_per_document",
+        "domain", "run.seed", "model.name", "model.query_prompt", "generate.questions_per_chunk",
+        "generate.query_types", "generate.min_hops", "generate.max_hops", "generate.sample_documents",
+        "generate.max_chunks_per_document",
         "generate.temperature", "generate.max_new_tokens", "generate.structured_output", "generate.invalid_retries",
         "generate.judge", "generate.judge_endpoint", "generate.judge_model", "generate.judge_threshold",
         "generate.dedupe_similarity", "generate.max_copy_fraction", "generate.min_query_words",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"
 
 _AUDIENCE = {
     "medical": "a clinician or biomedical researcher searching the literature",
@@ -53,7 +53,7 @@ _EXAMPLES = {
         ("Knockout mice lacking the FOXP2 gene showed impaired ultrasonic vocalisation and abnormal "
          "cerebellar development.", "FOXP2 is required for normal vocal communication in mice."),
         ("Global ocean heat content rose by 0.6 W/m2 between 2005 and 2020, driven mostly by the upper 700 m.",
-         "How much has the upper ocean warmed since 2005?"),
+         "Most recent ocean warming has happened in the deep ocean."),
     ],
     "legal": [
         ("Whoever, intending to take dishonestly any movable property out of the possession of any person "
@@ -72,7 +72,10 @@ _EXAMPLES = {
          "why use a context manager instead of try finally"),
     ],
 }
-_EXAMPLES["general"] = _EXAMPLES["scientific"]
+_EXAMPLES["general"] = [
+    (_EXAMPLES["scientific"][0][0], "What happens to mice without the FOXP2 gene?"),
+    (_EXAMPLES["scientific"][1][0], "How much has the upper ocean warmed since 2005?"),
+]
 
 QUERY_SCHEMA = {
     "type": "object",
