@@ -59,11 +59,13 @@ def default_corpus(domain: str) -> str:
     return src
 
 
+QUERY_TYPES = ("factual", "contextual", "multi_hop")
+
 # Every run button sends these settings, in this order.
 SETTINGS = (
     "domain", "source", "uploads", "run_dir", "endpoint", "endpoint_model", "generator", "questions_per_chunk",
-    "sample_documents", "mine_mode", "num_negatives", "margin", "profile", "epochs", "lr", "owner", "repo_name",
-    "private", "onnx", "advanced",
+    "query_types", "sample_documents", "mine_mode", "num_negatives", "margin", "profile", "epochs", "lr", "owner",
+    "repo_name", "private", "onnx", "advanced",
 )
 
 
@@ -83,6 +85,9 @@ def config_from(values: dict[str, Any]):
          f"mine.margin={float(values['margin'])}", f"train.profile={values['profile']}",
          f"train.epochs={float(values['epochs'])}", f"train.lr={float(values['lr'])}",
          f"publish.private={bool(values['private'])}", f"export.onnx={bool(values['onnx'])}"]
+    types = [t for t in QUERY_TYPES if t in (values.get("query_types") or QUERY_TYPES)]
+    if types != list(QUERY_TYPES):  # all three: the recipe's rotation (the config default)
+        o.append(f"generate.query_types=[{', '.join(types)}]")
     if values.get("sample_documents"):
         o.append(f"generate.sample_documents={int(values['sample_documents'])}")
     if values.get("endpoint"):
@@ -232,6 +237,9 @@ def build_demo(run_root: str = "runs/space", state_dir: str | None = None,
                 label="Embedded generator (offline weights)")
             inputs["questions_per_chunk"] = gr.Slider(1, 6, value=d["questions_per_chunk"], step=1,
                                                       label="Questions per chunk")
+            inputs["query_types"] = gr.CheckboxGroup(
+                list(QUERY_TYPES), value=d.get("query_types", list(QUERY_TYPES)), label="Query types "
+                "(factual only: short claims/queries, as in claim-verification tasks such as SciFact)")
             inputs["sample_documents"] = gr.Number(d["sample_documents"], precision=0,
                                                    label="Sample of documents (0: all)")
             generate_btn = gr.Button("Run: generate", variant="primary", elem_id="run-generate")

@@ -11,7 +11,8 @@ def settings(run_dir, **over):
     values = {
         "domain": "code", "source": "builtin:python-docs", "uploads": None, "run_dir": str(run_dir),
         "endpoint": "", "endpoint_model": "tgi", "generator": "smollm2-135m-instruct-q4_1",
-        "questions_per_chunk": 1, "sample_documents": 2, "mine_mode": "hybrid", "num_negatives": 2,
+        "questions_per_chunk": 1, "query_types": ["factual", "contextual", "multi_hop"], "sample_documents": 2,
+        "mine_mode": "hybrid", "num_negatives": 2,
         "margin": 0.95, "profile": "cpu", "epochs": 1, "lr": 1e-5, "owner": "", "repo_name": "", "private": True,
         "onnx": True, "advanced": "",
     }
@@ -24,6 +25,9 @@ def test_ui_fields_make_the_same_config_as_the_cli(tmp_path):
     assert cfg.domain == "code" and cfg.ingest.source == "builtin:python-docs"
     assert cfg.generate.endpoint == "http://127.0.0.1:9/v1" and cfg.generate.sample_documents == 2
     assert cfg.mine.num_negatives == 2 and cfg.train.profile == "cpu" and cfg.publish.private is True
+    assert cfg.generate.query_types is None  # all three ticked: the recipe's rotation
+    claims = config_from(dict(zip(SETTINGS, settings(tmp_path, query_types=["factual"]), strict=True)))
+    assert claims.generate.query_types == ["factual"]
 
 
 @pytest.fixture(scope="module")
