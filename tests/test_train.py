@@ -65,8 +65,7 @@ def gaps(model, data):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("train-run")
-    # No validation here: with 16 rows the held-out slice scores a perfect nDCG@10 from the first step, and
-    # the best-checkpoint pick would keep that barely-trained step (validation: see the lr sweep test).
+    # No validation here: the full schedule, every row (validation: the saturated and lr sweep tests).
     outcome = train(run_dir, *NO_VALIDATION)
     return run_dir, outcome
 
@@ -215,7 +214,7 @@ def test_lr_sweep_keeps_the_best_by_validation_ndcg(tmp_path):
     counts = outcome.manifest["counts"]
     assert counts["rows"] == 14 and counts["val_queries"] == 2  # 10% of 16 queries held out, by query
     args = json.loads((tmp_path / "stages/train/model/training_args.json").read_text())
-    assert args["load_best_model_at_end"] is True and args["metric_for_best_model"] == "eval_val_cosine_ndcg@10"
+    assert args["load_best_model_at_end"] is True and args["metric_for_best_model"] == "eval_val_selection"
     assert set(counts["lr_sweep"]) == {"1e-06", "0.0001"}
     best = max(counts["lr_sweep"].values())
     assert counts["best_val_ndcg@10"] == best and counts["lr_sweep"][f"{counts['lr']:g}"] == best
@@ -223,6 +222,16 @@ def test_lr_sweep_keeps_the_best_by_validation_ndcg(tmp_path):
     assert [r["lr"] for r in log["lr_sweep"]] == [1e-6, 1e-4]
     assert any("eval_val_cosine_ndcg@10" in e for e in log["log_history"])
     assert (tmp_path / "stages/train/model/model.safetensors").is_file()
+
+
+def test_a_saturated_validation_set_keeps_the_last_checkpoint_not_the_first(tmp_path):
+    """Two held-out queries score a perfect nDCG@10 at every checkpoint: the tie goes to the trained model."""
+    counts = train(tmp_path, "train.epochs=2").manifest["counts"]
+    log = json.loads((tmp_path / "stages/train/train_log.json").read_text())
+    scores = [e["eval_val_cosine_ndcg@10"] for e in log["log_history"] if "eval_val_cosine_ndcg@10" in e]
+    assert len(scores) >= 2 and len(set(scores)) == 1  # every validation ties
+    assert counts["best_checkpoint_step"] == counts["steps"] > 2
+    assert counts["best_val_ndcg@10"] == round(scores[0], 6)
 
 
 def test_two_cpu_processes(tmp_path):

@@ -8,7 +8,8 @@ batch sampler; lr 1e-5 for 3 epochs (``train.large_set_epochs`` for large sets) 
 
 Validation: ``train.val_fraction`` of the training *queries* (not rows) is held out as an
 InformationRetrievalEvaluator (queries -> their positives; corpus = the slice's positives and
-negatives). The best checkpoint by nDCG@10 is kept and training stops early when it stops improving.
+negatives). The best checkpoint by nDCG@10 is kept (on a tie, the later one: a saturated validation set must not
+keep a barely trained model) and training stops early when it stops improving.
 
 Inputs: ``<run>/stages/mine/train`` (a Dataset: anchor, positive, negative_1..k[, metadata]).
 Outputs in ``<run>/stages/train/``:
@@ -317,10 +318,19 @@ def fit(
     if cfg.model.passage_prompt:
         prompts.update({c: cfg.model.passage_prompt for c in ("positive", *neg_cols)})
 
+    class LaterOnTies(InformationRetrievalEvaluator):
+        """Adds ``<name>_selection``: nDCG@10 plus 1e-12 per step, so that when the validation set saturates
+        (every checkpoint ties, often at the first one) the later checkpoint, not the barely trained one, wins."""
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1, *args, **kwargs):
+            metrics = super().__call__(model, output_path, epoch, steps, *args, **kwargs)
+            metrics[f"{self.name}_selection"] = metrics[f"{self.name}_cosine_ndcg@10"] + 1e-12 * max(steps, 0)
+            return metrics
+
     evaluator = None
-    metric = f"eval_{VAL_NAME}_cosine_ndcg@10"
+    metric = f"eval_{VAL_NAME}_selection"
     if val and val["queries"]:
-        evaluator = InformationRetrievalEvaluator(
+        evaluator = LaterOnTies(
             queries=val["queries"],
             corpus=val["corpus"],
             relevant_docs={q: set(ids) for q, ids in val["relevant"].items()},
