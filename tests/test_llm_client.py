@@ -96,6 +96,29 @@ def test_dead_server_is_restarted_by_the_client_hook():
         assert srv.restarts == 1 and client.stats["retries"] >= 1
 
 
+def test_concurrent_failures_restart_once_and_the_client_follows_a_new_port():
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    with LocalLLMServer(resolve_generator("smollm2-135m-instruct-q4_1"), n_threads=1) as srv:
+        client = ChatClient(srv.base_url, max_retries=3, backoff_s=0.05, timeout=3, on_connection_error=srv.recover)
+        os.killpg(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait()
+        with ThreadPoolExecutor(2) as pool:  # two requests fail together: one restart, one server
+            urls = list(pool.map(lambda _: srv.recover(), range(2)))
+        assert srv.restarts == 1 and urls[0] == urls[1] == srv.base_url
+
+        old = srv.port
+        os.killpg(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait()
+        with socket.socket() as squatter:  # another program takes the old port: requests there time out
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", old))
+            squatter.listen()
+            assert client.chat(MSGS, max_tokens=4)
+        assert srv.port != old and client.base_url == srv.base_url and srv.restarts == 2
+
+
 def test_server_is_stopped_on_exit_and_with_its_parent(tmp_path):
     with LocalLLMServer(resolve_generator("smollm2-135m-instruct-q4_1"), n_threads=1) as srv:
         pid = srv.proc.pid

@@ -318,8 +318,8 @@ class _Generator:
         try:
             text = client.chat(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
                                response_format=schema_fmt)
-        except EndpointError:
-            if schema_fmt is None or self.calls:
+        except EndpointError as exc:
+            if schema_fmt is None or self.calls or exc.exhausted:  # down or overloaded: not a refusal
                 raise
             # The very first request failed with structured output: the server may not support it.
             self.ctx.log.warning("endpoint rejected structured output (response_format); continuing with plain "
@@ -415,7 +415,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                     log_path=ctx.dir / "server.log")
             server.start()
             client = ChatClient(server.base_url, model=g.model, timeout=g.timeout_s, max_retries=g.max_retries,
-                                on_connection_error=server.ensure_alive)
+                                on_connection_error=server.recover)
         kind = structured_kind(cfg, embedded=server is not None)
         judge_kind = kind
         judge_client = None

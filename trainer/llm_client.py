@@ -29,7 +29,9 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class EndpointError(TrainerError):
-    """The generation endpoint failed after all retries, or refused the request."""
+    """The generation endpoint failed after all retries (``exhausted``), or refused the request."""
+
+    exhausted = False
 
 
 def allow_loopback_when_offline() -> None:
@@ -64,7 +66,7 @@ class ChatClient:
         max_retries: int = 4,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
-        on_connection_error: Callable[[], Any] | None = None,
+        on_connection_error: Callable[[], Any] | None = None,  # may return a new base URL to use
     ):
         from huggingface_hub import InferenceClient
 
@@ -76,7 +78,8 @@ class ChatClient:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.on_connection_error = on_connection_error
-        self._client = InferenceClient(base_url=self.base_url, token=token or None, timeout=timeout)
+        self._token, self._timeout = token or None, timeout
+        self._client = InferenceClient(base_url=self.base_url, token=self._token, timeout=timeout)
         self.stats = {"requests": 0, "retries": 0, "errors": 0}
         # Some servers (transformers serve 4.x) stream even when asked not to: switch to streaming then.
         self.stream = False
@@ -142,10 +145,18 @@ class ChatClient:
                 last = f"{type(exc).__name__}: {redact(str(exc))[:200]}"
                 retry_after = None
                 if self.on_connection_error is not None:
-                    self.on_connection_error()
+                    moved = self.on_connection_error()
+                    if isinstance(moved, str) and moved.rstrip("/") != self.base_url:  # a restart on a new port
+                        from huggingface_hub import InferenceClient
+
+                        self.base_url = moved.rstrip("/")
+                        self._client = InferenceClient(base_url=self.base_url, token=self._token,
+                                                       timeout=self._timeout)
             if attempt < self.max_retries:
                 self.stats["retries"] += 1
                 log.debug("endpoint retry %d/%d after %s", attempt + 1, self.max_retries, last)
                 self._wait(attempt, retry_after)
         self.stats["errors"] += 1
-        raise EndpointError(f"{self.base_url} failed after {self.max_retries + 1} attempts ({last})")
+        err = EndpointError(f"{self.base_url} failed after {self.max_retries + 1} attempts ({last})")
+        err.exhausted = True
+        raise err

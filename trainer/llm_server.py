@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -74,6 +75,7 @@ class LocalLLMServer:
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
+        self._recovering = threading.Lock()
 
     @property
     def base_url(self) -> str:
@@ -130,11 +132,11 @@ class LocalLLMServer:
         tail = Path(self.log_path).read_text(errors="replace").splitlines()[-10:]
         return "; server log:\n  " + "\n  ".join(tail)
 
-    def healthy(self) -> bool:
+    def healthy(self, timeout: float = 2.0) -> bool:
         if self.port is None:
             return False
         try:
-            with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as resp:
+            with urllib.request.urlopen(f"{self.base_url}/models", timeout=timeout) as resp:
                 return resp.status == 200 and "data" in json.loads(resp.read())
         except (OSError, ValueError):
             return False
@@ -143,14 +145,24 @@ class LocalLLMServer:
         return self.proc is not None and self.proc.poll() is None
 
     def ensure_alive(self) -> bool:
-        """Restart the server if it died; True when a restart happened."""
-        if self.alive() and self.healthy():
-            return False
-        get_logger().warning("generator server is down; restarting it")
-        self.stop()
-        self.restarts += 1
-        self.start()
-        return True
+        """Restart the server if it died or stopped answering; True when a restart happened.
+
+        One caller at a time: concurrent requests that fail together restart it once, and a server that is
+        merely busy (a slow answer on a loaded machine) gets a patient health check, not a restart.
+        """
+        with self._recovering:
+            if self.alive() and self.healthy(timeout=15.0):
+                return False
+            get_logger().warning("generator server is down; restarting it")
+            self.stop()
+            self.restarts += 1
+            self.start()
+            return True
+
+    def recover(self) -> str:
+        """``ensure_alive``, then the base URL to use (a restart moves to a new port if the old one is taken)."""
+        self.ensure_alive()
+        return self.base_url
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
