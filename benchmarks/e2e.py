@@ -42,10 +42,10 @@ TASKS = {  # BEIR folder name -> (MTEB task, domain)
 }
 METRICS = ("ndcg_at_10", "recall_at_10", "mrr_at_10")
 REUSED = ("stages/ingest", "stages/generate", "stages/mine", "cache")
-HYPER = ("generate.generator", "generate.questions_per_chunk", "generate.max_chunks_per_document",
-         "mine.mode", "mine.num_negatives", "mine.margin", "train.loss", "train.hard_negatives_only",
-         "train.num_negatives", "train.temperature", "train.lr", "train.epochs", "train.max_seq_length",
-         "train.batch_size")
+HYPER = ("generate.generator", "generate.questions_per_chunk", "generate.query_types",
+         "generate.max_chunks_per_document", "mine.mode", "mine.num_negatives", "mine.margin", "mine.test_fraction",
+         "train.loss", "train.hard_negatives_only", "train.num_negatives", "train.temperature", "train.lr",
+         "train.epochs", "train.max_seq_length", "train.batch_size", "train.val_fraction")
 
 
 def _mteb_scores(run_dir: Path, task: str, revision: str) -> dict[str, float]:
