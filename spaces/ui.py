@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from trainer.config import load_config
+from trainer.config import QUERY_TYPES, load_config
 from trainer.errors import TrainerError
 from trainer.jobs import JobManager
 from trainer.logs import redact
@@ -58,8 +58,6 @@ def default_corpus(domain: str) -> str:
         return "builtin:python-docs"
     return src
 
-
-QUERY_TYPES = ("factual", "contextual", "multi_hop")
 
 # Every run button sends these settings, in this order.
 SETTINGS = (

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -88,6 +88,10 @@ class IngestConfig(_Section):
     shard_size: int = Field(500, ge=1, description="Documents per resumable work unit.")
 
 
+QueryType = Literal["factual", "contextual", "multi_hop"]
+QUERY_TYPES: tuple[str, ...] = get_args(QueryType)  # the recipe's rotation, in order
+
+
 class GenerateConfig(_Section):
     endpoint: str | None = Field(
         None, description="TGI-compatible base URL (Messages API /v1/chat/completions), e.g. "
@@ -102,7 +106,7 @@ class GenerateConfig(_Section):
     server_threads: int | None = Field(None, ge=1, description="CPU threads of the embedded server; default: all.")
     questions_per_chunk: int = Field(3, ge=1, description="Questions asked per chunk (types cycle factual, "
                                      "contextual, multi-hop).")
-    query_types: list[Literal["factual", "contextual", "multi_hop"]] | None = Field(
+    query_types: list[QueryType] | None = Field(
         None, description="Question types to ask, cycled in this order; None: the recipe's factual, contextual, "
         "multi-hop (multi-hop only when max_hops >= 2). [factual] asks only for claims/short queries, as in "
         "claim-verification tasks (SciFact)."

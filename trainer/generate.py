@@ -33,14 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from trainer._faults import crash_point
-from trainer.config import Config
+from trainer.config import QUERY_TYPES, Config
 from trainer.dataset_io import save_rows
 from trainer.errors import StageError
 from trainer.llm_client import ChatClient, EndpointError
 from trainer.prompts import JUDGE_FIELDS, JUDGE_SCHEMA, PROMPT_VERSION, QUERY_SCHEMA, judge_messages, query_messages
 from trainer.rundir import Stage, StageContext
 
-TYPE_CYCLE = ("factual", "contextual", "multi_hop")
 _FORBIDDEN = re.compile(
     r"\b(the|this|that|above|given|following|provided)\s+(passage|text|article|document|excerpt|paragraph|"
     r"abstract|context|snippet)s?\b|\bas an ai\b|\bi('m| am) sorry\b|\bi cannot\b",
@@ -79,7 +78,7 @@ def plan_tasks(chunks: list[dict[str, Any]], cfg: Config) -> list[Task]:
     elif g.max_hops < 2:
         types = ["factual", "contextual"]
     else:
-        types = list(TYPE_CYCLE)
+        types = list(QUERY_TYPES)
 
     neighbours = _OtherDocNeighbours(chunks)
     tasks = []

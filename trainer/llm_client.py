@@ -31,7 +31,9 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 class EndpointError(TrainerError):
     """The generation endpoint failed after all retries (``exhausted``), or refused the request."""
 
-    exhausted = False
+    def __init__(self, message: str, *, exhausted: bool = False):
+        super().__init__(message)
+        self.exhausted = exhausted
 
 
 def allow_loopback_when_offline() -> None:
@@ -68,21 +70,24 @@ class ChatClient:
         max_backoff_s: float = 30.0,
         on_connection_error: Callable[[], Any] | None = None,  # may return a new base URL to use
     ):
-        from huggingface_hub import InferenceClient
-
         if urlparse(base_url).hostname in _LOOPBACK:
             allow_loopback_when_offline()
-        self.base_url = base_url.rstrip("/")
         self.model = model
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.on_connection_error = on_connection_error
         self._token, self._timeout = token or None, timeout
-        self._client = InferenceClient(base_url=self.base_url, token=self._token, timeout=timeout)
+        self._connect(base_url)
         self.stats = {"requests": 0, "retries": 0, "errors": 0}
         # Some servers (transformers serve 4.x) stream even when asked not to: switch to streaming then.
         self.stream = False
+
+    def _connect(self, base_url: str) -> None:
+        from huggingface_hub import InferenceClient
+
+        self.base_url = base_url.rstrip("/")
+        self._client = InferenceClient(base_url=self.base_url, token=self._token, timeout=self._timeout)
 
     def _complete(self, messages, **params: Any) -> str:
         if not self.stream:
@@ -147,16 +152,11 @@ class ChatClient:
                 if self.on_connection_error is not None:
                     moved = self.on_connection_error()
                     if isinstance(moved, str) and moved.rstrip("/") != self.base_url:  # a restart on a new port
-                        from huggingface_hub import InferenceClient
-
-                        self.base_url = moved.rstrip("/")
-                        self._client = InferenceClient(base_url=self.base_url, token=self._token,
-                                                       timeout=self._timeout)
+                        self._connect(moved)
             if attempt < self.max_retries:
                 self.stats["retries"] += 1
                 log.debug("endpoint retry %d/%d after %s", attempt + 1, self.max_retries, last)
                 self._wait(attempt, retry_after)
         self.stats["errors"] += 1
-        err = EndpointError(f"{self.base_url} failed after {self.max_retries + 1} attempts ({last})")
-        err.exhausted = True
-        raise err
+        raise EndpointError(f"{self.base_url} failed after {self.max_retries + 1} attempts ({last})",
+                            exhausted=True)
