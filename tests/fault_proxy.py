@@ -2,7 +2,8 @@
 
 It forwards every request unchanged, except: the next ``fail`` requests get HTTP ``status`` (with
 Retry-After), and the next ``garbage`` chat completions get a well-formed response whose content
-is not a usable query. ``upstream`` can be swapped while running (a restarted server).
+is not a usable query, and the next ``copies`` get a query that copies the first words of the prompt's
+passage (the easiness filter's case). ``upstream`` can be swapped while running (a restarted server).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ class FaultProxy:
         self.fail = 0
         self.status = 503
         self.garbage = 0
+        self.copies = 0
+        self.copied: list[str] = []  # the injected copies, in order
         self.always_stream = False  # answer non-streaming chat requests as a stream (transformers serve 4.x)
         self.requests = 0
         self.auth_headers: list[str] = []
@@ -48,13 +51,21 @@ class FaultProxy:
                     if proxy.fail > 0:
                         proxy.fail -= 1
                         return self._send(proxy.status, b'{"error": "injected"}', {"Retry-After": "0"})
-                    garbage = proxy.garbage > 0 and self.path.endswith("/chat/completions")
-                    if garbage:
+                    chat = self.path.endswith("/chat/completions")
+                    content = None
+                    if chat and proxy.garbage > 0:
                         proxy.garbage -= 1
-                if garbage:
+                        content = "{\"q\": 1} ??"
+                    elif chat and proxy.copies > 0:
+                        proxy.copies -= 1
+                        prompt = json.loads(body)["messages"][-1]["content"]
+                        passage = prompt.split("Text:\n", 1)[-1].split("\n\nWrite", 1)[0]
+                        proxy.copied.append(" ".join(passage.split()[:12]))
+                        content = json.dumps({"query": proxy.copied[-1]})
+                if content is not None:
                     out = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
                            "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": "{\"q\": 1} ??"}}],
+                                        "message": {"role": "assistant", "content": content}}],
                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
                     return self._send(200, json.dumps(out).encode())
                 url = proxy.upstream.rsplit("/v1", 1)[0] + self.path

@@ -169,6 +169,24 @@ def test_external_endpoint_retries_malformed_output_and_judge(tmp_path):
     assert all(r["reason"] != "invalid_output:invalid_json" or r["query"] for r in rejected)
 
 
+def test_a_query_copying_its_passage_is_asked_again_with_a_new_seed(tmp_path):
+    from trainer.llm_server import LocalLLMServer
+    from trainer.models import resolve_generator
+
+    with LocalLLMServer(resolve_generator("smollm2-135m-instruct-q4_1"), n_threads=1) as srv, \
+            FaultProxy(srv.base_url) as proxy:
+        proxy.copies = 3  # the first task's three attempts (invalid_retries=2) all copy their passage
+        cfg = _cfg(tmp_path, f"generate.endpoint={proxy.base_url}", "generate.structured_output=llama.cpp",
+                   "generate.concurrency=1", "generate.judge=off")
+        counts = _run(cfg)[-1].manifest["counts"]
+    assert len(proxy.copied) == 3 and counts["tasks_done"] == 6
+    rejected = [json.loads(x) for x in (tmp_path / "stages/generate/rejected.jsonl").read_text().splitlines()]
+    copies = [r for r in rejected if r["query"] in proxy.copied]
+    # one task rejected after its retries, the last copy recorded; no other task saw a copy
+    assert [(r["reason"], r["query"]) for r in copies] == [("copies_passage", proxy.copied[-1])]
+    assert counts["llm_calls"] >= 3 + 5
+
+
 def test_killed_generation_resumes_without_asking_again(tmp_path, cli):
     args = ["run", "--to", "generate", "--run-dir", str(tmp_path), "--source", "builtin:python-docs",
             "--set", "domain=code", "--set", FIXTURE_GEN, "--set", "generate.sample_documents=2",

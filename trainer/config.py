@@ -125,8 +125,10 @@ class GenerateConfig(_Section):
     )
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(4, ge=0, description="Retries with backoff on 429/5xx/connection errors.")
-    invalid_retries: int = Field(2, ge=0, description="New attempts (new seed) after an invalid output.")
-    concurrency: int = Field(2, ge=1, description="Requests in flight at once.")
+    invalid_retries: int = Field(2, ge=0, description="New attempts (new seed) after an invalid output or a "
+                                 "copied passage.")
+    concurrency: int = Field(2, ge=1, description="Requests in flight at once to an endpoint (the embedded server "
+                             "takes one at a time, in order, to re-use its cached prompt).")
     judge: Literal["auto", "on", "off"] = Field(
         "auto", description="LLM-as-judge scoring. auto: on with an external endpoint, off with the embedded "
         "sub-1B generator (too small to judge; see BENCHMARKS.md)."
@@ -135,8 +137,9 @@ class GenerateConfig(_Section):
     judge_model: str | None = Field(None, description="Judge model name; default: generate.model.")
     judge_threshold: float = Field(7.0, ge=1, le=10, description="Keep queries whose overall score >= this.")
     dedupe_similarity: float = Field(0.9, gt=0, le=1, description="Drop near-duplicate queries at >= this cosine.")
-    max_copy_fraction: float = Field(0.6, gt=0, le=1, description="Easiness filter: drop a query when a run of "
-                                     "words this share of its length (and >= 5 words) is copied from its passage.")
+    max_copy_fraction: float = Field(0.6, gt=0, le=1, description="Easiness filter: ask again, then drop, a "
+                                     "query when a run of words this share of its length (and >= 5 words) is "
+                                     "copied from its passage.")
     min_query_words: int = Field(3, ge=1, description="Shorter outputs are invalid.")
     max_query_words: int = Field(60, ge=3, description="Longer outputs are invalid.")
     max_queries: int | None = Field(None, ge=1, description="Stop after this many valid queries.")

@@ -4,8 +4,10 @@ With no ``generate.endpoint`` the stage starts the embedded llama.cpp server (``
 weights, offline) and stops it at the end. For each selected chunk it asks ``questions_per_chunk``
 questions, cycling factual, contextual and multi-hop types (multi-hop draws on 2-3 chunks: the
 document's neighbouring chunks, else the nearest chunks of other documents by BM25). Outputs are
-validated; invalid ones are retried with a new seed and then counted. Filters: easiness (copies its
-passage or title), LLM judge (when on), near-duplicates (cosine >= ``dedupe_similarity``).
+validated; invalid ones, and ones that copy their passage or title (the easiness filter), are retried
+with a new seed and then counted. Then the LLM judge (when on) and near-duplicates
+(cosine >= ``dedupe_similarity``). The embedded server gets one request at a time, in task order, so a
+chunk's questions and retries re-use its cached prompt.
 
 Every answer is stored as it arrives in ``<run>/cache/llm/<generator>.jsonl`` keyed by the request,
 so a killed run resumes without asking again and a larger cap re-uses earlier answers.
@@ -331,6 +333,11 @@ class _Generator:
         return text
 
     def one(self, task: Task, texts: list[str], titles: list[str]) -> dict[str, Any]:
+        """One query for ``task``: an invalid output or a copy of the passage is asked again with a new seed.
+
+        Retries resend the same prompt, which a llama.cpp server answers from its cached prompt (about a
+        quarter of the first call's time on CPU).
+        """
         g = self.cfg.generate
         messages = query_messages(self.cfg.domain, task.qtype, texts)
         reasons = []
@@ -339,7 +346,13 @@ class _Generator:
             raw = self.ask(self.client, messages, seed, self.fmt, g.max_new_tokens, g.temperature)
             query, reason = parse_query(raw, g.min_query_words, g.max_query_words)
             if query is not None:
-                return {"query": query, "reason": None, "attempts": attempt + 1}
+                copied = copy_reason(query, texts, titles, g.max_copy_fraction)
+                if copied is None:
+                    return {"query": query, "reason": None, "attempts": attempt + 1}
+                reasons.append(copied)
+                if attempt == g.invalid_retries:
+                    return {"query": query, "reason": copied, "attempts": attempt + 1}
+                continue
             reasons.append(reason)
         return {"query": raw.strip()[:500], "reason": f"invalid_output:{reasons[-1]}", "attempts": len(reasons)}
 
@@ -439,8 +452,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
             texts = [by_id[c]["text"] for c in task.chunk_ids]
             titles = sorted({by_id[c]["title"] for c in task.chunk_ids if by_id[c]["title"]})
             out = gen.one(task, texts, titles)
-            if out["reason"] is None:
-                out["reason"] = copy_reason(out["query"], texts, titles, g.max_copy_fraction)
             if out["reason"] is None and judge_on:
                 scores = gen.judge(out["query"], texts)
                 out["judge"] = scores
@@ -450,9 +461,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     out["reason"] = "judge_below_threshold"
             return out
 
+        # The embedded server answers one request at a time and reuses the previous prompt's cache: in order,
+        # a chunk's questions (and retries) follow each other and pay for the passage once.
+        workers = 1 if server is not None else g.concurrency
         bar = tqdm(total=len(tasks), desc="generate", unit="task", disable=None)
-        with ThreadPoolExecutor(max_workers=g.concurrency) as pool:
-            for task, fut in _bounded(pool, work, tasks, g.concurrency * 2, stop):
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for task, fut in _bounded(pool, work, tasks, workers * 2, stop):
                 try:
                     results[task.task_id] = fut.result()
                 except EndpointError:
@@ -565,6 +579,6 @@ STAGE = Stage(
     ),
     upstream=("ingest",),
     inputs=_inputs,
-    version="1",
+    version="2",
     help="Write synthetic queries for the chunks with an LLM (TGI endpoint, or the embedded llama.cpp server).",
 )
