@@ -340,21 +340,18 @@ class _Generator:
         """
         g = self.cfg.generate
         messages = query_messages(self.cfg.domain, task.qtype, texts)
-        reasons = []
-        for attempt in range(g.invalid_retries + 1):
+        attempts = g.invalid_retries + 1
+        for attempt in range(attempts):
             seed = int(hashlib.sha256(f"{self.cfg.run.seed}/{task.task_id}/{attempt}".encode()).hexdigest()[:8], 16)
             raw = self.ask(self.client, messages, seed, self.fmt, g.max_new_tokens, g.temperature)
             query, reason = parse_query(raw, g.min_query_words, g.max_query_words)
             if query is not None:
-                copied = copy_reason(query, texts, titles, g.max_copy_fraction)
-                if copied is None:
+                reason = copy_reason(query, texts, titles, g.max_copy_fraction)
+                if reason is None:
                     return {"query": query, "reason": None, "attempts": attempt + 1}
-                reasons.append(copied)
-                if attempt == g.invalid_retries:
-                    return {"query": query, "reason": copied, "attempts": attempt + 1}
-                continue
-            reasons.append(reason)
-        return {"query": raw.strip()[:500], "reason": f"invalid_output:{reasons[-1]}", "attempts": len(reasons)}
+        if query is not None:  # the last answer parsed but copied its passage or title
+            return {"query": query, "reason": reason, "attempts": attempts}
+        return {"query": raw.strip()[:500], "reason": f"invalid_output:{reason}", "attempts": attempts}
 
     def judge(self, query: str, texts: list[str]) -> dict[str, float] | None:
         fmt = response_format(self.judge_kind, JUDGE_SCHEMA)
