@@ -3,7 +3,8 @@
 It forwards every request unchanged, except: the next ``fail`` requests get HTTP ``status`` (with
 Retry-After), and the next ``garbage`` chat completions get a well-formed response whose content
 is not a usable query, and the next ``copies`` get a query that copies the first words of the prompt's
-passage (the easiness filter's case). ``upstream`` can be swapped while running (a restarted server).
+passage (the easiness filter's case). ``answers`` records each forwarded chat answer with its passage.
+``upstream`` can be swapped while running (a restarted server).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class FaultProxy:
         self.garbage = 0
         self.copies = 0
         self.copied: list[str] = []  # the injected copies, in order
+        self.answers: list[tuple[str, str]] = []  # (passage, content) of each forwarded chat completion
         self.always_stream = False  # answer non-streaming chat requests as a stream (transformers serve 4.x)
         self.requests = 0
         self.auth_headers: list[str] = []
@@ -74,6 +76,16 @@ class FaultProxy:
                 try:
                     with urllib.request.urlopen(req, timeout=120) as resp:
                         payload = resp.read()
+                        if self.path.endswith("/chat/completions") and resp.status == 200:
+                            try:
+                                prompt = json.loads(body)["messages"][-1]["content"]
+                                text = json.loads(payload)["choices"][0]["message"]["content"]
+                            except (ValueError, KeyError, IndexError, TypeError):
+                                pass  # streamed or unusual: not recorded
+                            else:
+                                passage = prompt.split("Text:\n", 1)[-1].split("\n\nWrite", 1)[0]
+                                with proxy._lock:
+                                    proxy.answers.append((passage, text))
                         wants_stream = body is not None and json.loads(body).get("stream") is True
                         if proxy.always_stream and self.path.endswith("/chat/completions") and not wants_stream:
                             text = json.loads(payload)["choices"][0]["message"]["content"]

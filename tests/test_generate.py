@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trainer.config import load_config
-from trainer.generate import copy_reason, near_duplicates, parse_judge, parse_query, plan_tasks
+from trainer.generate import copy_reason, near_duplicates, parse_judge, parse_query, plan_tasks, word_overlap
 from trainer.prompts import PROMPT_VERSION
 
 from .fault_proxy import FaultProxy
@@ -50,6 +50,14 @@ def test_copy_filter():
     # a 5-word run inside a long query is fine; only runs >= 60% of the query count
     long_q = "In older adults with diabetes, do statins inhibit HMG-CoA reductase enough to matter clinically?"
     assert copy_reason(long_q, [passage], [title], 0.6) is None
+
+
+def test_word_overlap_counts_content_words_found_in_the_passages():
+    passages = ["Statins inhibit HMG-CoA reductase in the liver.", "LDL falls."]
+    assert word_overlap("Statins lower LDL", passages) == pytest.approx(2 / 3)
+    assert word_overlap("statins inhibit the reductase", passages) == 1.0  # case and stopwords aside
+    assert word_overlap("Cholesterol drugs protect arteries", passages) == 0.0
+    assert word_overlap("the and of", passages) == 1.0  # nothing to paraphrase: counts as a copy
 
 
 def test_parse_judge():
@@ -185,6 +193,32 @@ def test_a_query_copying_its_passage_is_asked_again_with_a_new_seed(tmp_path):
     # one task rejected after its retries, the last copy recorded; no other task saw a copy
     assert [(r["reason"], r["query"]) for r in copies] == [("copies_passage", proxy.copied[-1])]
     assert counts["llm_calls"] >= 3 + 5
+
+
+def test_candidates_keep_the_answer_sharing_fewest_words_with_its_passage(tmp_path):
+    from trainer.llm_server import LocalLLMServer
+    from trainer.models import resolve_generator
+
+    with LocalLLMServer(resolve_generator("smollm2-135m-instruct-q4_1"), n_threads=1) as srv, \
+            FaultProxy(srv.base_url) as proxy:
+        cfg = _cfg(tmp_path, f"generate.endpoint={proxy.base_url}", "generate.structured_output=llama.cpp",
+                   "generate.concurrency=1", "generate.judge=off", "generate.candidates=3",
+                   "generate.questions_per_chunk=1", "generate.dedupe_similarity=1.0")
+        counts = _run(cfg)[-1].manifest["counts"]
+    queries = datasets.load_from_disk(str(tmp_path / "stages/generate/queries")).to_list()
+    assert queries and counts["llm_calls"] == len(proxy.answers) >= 3 * counts["tasks_done"]
+    overlaps = []
+    for q in queries:
+        passage = q["hop_contexts"][0]
+        valid = []
+        for raw in (a for p, a in proxy.answers if p == passage):
+            parsed, _ = parse_query(raw)
+            if parsed and copy_reason(parsed, [passage], [], 0.6) is None:
+                valid.append(word_overlap(parsed, [passage]))
+        assert len(valid) >= 2  # several candidates were compared ...
+        assert word_overlap(q["query"], [passage]) == min(valid)  # ... and the least copied one kept
+        overlaps.append(min(valid))
+    assert counts["mean_word_overlap"] == pytest.approx(sum(overlaps) / len(overlaps), abs=1e-3)
 
 
 def test_killed_generation_resumes_without_asking_again(tmp_path, cli):

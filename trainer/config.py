@@ -127,6 +127,10 @@ class GenerateConfig(_Section):
     max_retries: int = Field(4, ge=0, description="Retries with backoff on 429/5xx/connection errors.")
     invalid_retries: int = Field(2, ge=0, description="New attempts (new seed) after an invalid output or a "
                                  "copied passage.")
+    candidates: int = Field(1, ge=1, description="Valid answers sampled per query (new seeds, same prompt: the "
+                            "embedded llama.cpp server re-uses its cached prompt, so each extra one costs about a "
+                            "quarter of the first); the one sharing the fewest content words with its passage is "
+                            "kept, so that queries paraphrase as real searchers' do.")
     concurrency: int = Field(2, ge=1, description="Requests in flight at once to an endpoint (the embedded server "
                              "takes one at a time, in order, to re-use its cached prompt).")
     judge: Literal["auto", "on", "off"] = Field(
