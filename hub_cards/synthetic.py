@@ -34,6 +34,8 @@ was written from (`positive_chunk_ids`, `hop_contexts`) and, when a judge ran, i
 - questions per chunk: {qpc}; hops: {min_hops}-{max_hops}; temperature {temperature}
 - LLM judge: {judge} (threshold {threshold}/10)
 - near-duplicate filter: cosine >= {dedupe}; easiness filter: copied runs >= {copy:.0%} of the query
+- candidates per query: {candidates} (the valid one sharing the fewest content words with its passage is kept;
+  `mean word overlap` below is that share, averaged over the kept queries)
 
 ## Counts
 | what | count |
@@ -59,6 +61,6 @@ def synthetic_card(cfg: Config, counts: dict[str, Any]) -> DatasetCard:
         generator=counts.get("generator", g.endpoint or g.generator), prompt_version=PROMPT_VERSION,
         qpc=g.questions_per_chunk, min_hops=g.min_hops, max_hops=g.max_hops, temperature=g.temperature,
         judge=counts.get("judge", g.judge), threshold=g.judge_threshold, dedupe=g.dedupe_similarity,
-        copy=g.max_copy_fraction, rows=counts_rows(counts),
+        copy=g.max_copy_fraction, candidates=g.candidates, rows=counts_rows(counts),
     )
     return DatasetCard(text)
