@@ -20,10 +20,12 @@ import argparse
 import statistics
 from pathlib import Path
 
-from trainer.evaluate import BeirData, load_beir, load_model, search
+from trainer.beir import BeirData, load_beir
 from trainer.generate import _words, longest_copied_run, word_overlap
 from trainer.metrics import per_query
 from trainer.paths import data_dir
+from trainer.pipeline import output_path
+from trainer.retrieval import load_model, search
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -44,7 +46,7 @@ def overlap(args, data: BeirData) -> None:
             for q, rels in data.qrels.items()]
     _describe(f"real {args.split} queries", real)
     for run in args.runs:
-        ds = datasets.load_from_disk(str(Path(run) / "stages/generate/queries"))
+        ds = datasets.load_from_disk(str(output_path(run, "generate", "queries")))
         _describe(run, [(r["query"], " ".join(r["hop_contexts"])) for r in ds])
 
 
@@ -58,8 +60,9 @@ def coverage(args, data: BeirData) -> None:
     import datasets
 
     run = Path(args.runs[0])
-    seen = {d for r in datasets.load_from_disk(str(run / "stages/generate/queries")) for d in r["positive_doc_ids"]}
-    base, tuned = _ndcg(load_model(BASE), data), _ndcg(load_model(run / "stages/train/model"), data)
+    queries = datasets.load_from_disk(str(output_path(run, "generate", "queries")))
+    seen = {d for r in queries for d in r["positive_doc_ids"]}
+    base, tuned = _ndcg(load_model(BASE), data), _ndcg(load_model(output_path(run, "train", "model")), data)
     covered = {q for q in tuned if set(data.qrels[q]) & seen}
     for label, group in (("relevant document in the generation sample", covered),
                          ("not in the sample", set(tuned) - covered), ("all", set(tuned))):
@@ -76,7 +79,7 @@ def soup(args, data: BeirData) -> None:
     for spec in args.runs:
         name, _, weight = spec.rpartition(":") if ":" in spec else (spec, "", "")
         w = float(weight) if weight else 1.0 / len(args.runs)
-        parts.append((base if name == "base" else load_model(Path(name) / "stages/train/model").state_dict(), w))
+        parts.append((base if name == "base" else load_model(output_path(name, "train", "model")).state_dict(), w))
     mixed = {k: (sum(sd[k] * w for sd, w in parts) if v.is_floating_point() else v) for k, v in base.items()}
     model.load_state_dict(mixed)
     print(f"soup {' + '.join(args.runs)}: nDCG@10 {100 * statistics.mean(_ndcg(model, data).values()):.2f}")

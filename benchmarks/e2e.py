@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from trainer.config import load_config
-from trainer.pipeline import run_pipeline
+from trainer.pipeline import output_path, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {  # BEIR folder name -> (MTEB task, domain)
@@ -49,7 +49,7 @@ HYPER = ("generate.generator", "generate.questions_per_chunk", "generate.query_t
 
 
 def _mteb_scores(run_dir: Path, task: str, revision: str) -> dict[str, float]:
-    files = sorted((run_dir / "stages" / "evaluate" / "mteb").rglob(f"{revision}/{task}.json"))
+    files = sorted(output_path(run_dir, "evaluate", "mteb").rglob(f"{revision}/{task}.json"))
     if not files:
         raise SystemExit(f"no mteb result for {task} ({revision}) under {run_dir}/stages/evaluate/mteb")
     data = json.loads(files[0].read_text())
@@ -58,7 +58,7 @@ def _mteb_scores(run_dir: Path, task: str, revision: str) -> dict[str, float]:
 
 
 def _dev_scores(run_dir: Path) -> tuple[dict[str, float], dict[str, float], int]:
-    data = json.loads((run_dir / "stages" / "evaluate" / "beir.json").read_text())
+    data = json.loads(output_path(run_dir, "evaluate", "beir.json").read_text())
     pick = lambda who: {m: float(data[who][m]) for m in METRICS}  # noqa: E731
     return pick("base"), pick("tuned"), int(data["n_queries"])
 

@@ -60,7 +60,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     cfg = load_config(None, [f"export.parity_corpus={args.corpus}"] if args.corpus else [])
-    passages, source = parity_passages(cfg, Path("."), args.passages)
+    passages, source = parity_passages(cfg, None, args.passages)
     model_dir = resolve_model(args.model)
     int8_config = pick_int8_config()
     load_before = os.getloadavg()

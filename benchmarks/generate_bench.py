@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,14 +24,9 @@ import urllib.request
 from pathlib import Path
 
 from trainer.config import load_config
+from trainer.files import free_port
 from trainer.models import cache_dir, resolve_generator
-from trainer.pipeline import run_pipeline
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from trainer.pipeline import output_path, run_pipeline
 
 
 def hf_folder_from_gguf(gguf: Path) -> Path:
@@ -50,7 +44,7 @@ def hf_folder_from_gguf(gguf: Path) -> Path:
 
 
 def start_transformers_serve(folder: Path, threads: int) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     env.pop("HF_HUB_OFFLINE", None)  # transformers serve refuses local paths offline in some versions
     proc = subprocess.Popen(
@@ -106,8 +100,8 @@ def main() -> None:
             minutes = (time.perf_counter() - t) / 60
             import datasets
 
-            qs = datasets.load_from_disk(str(Path(run_dir) / "stages/generate/queries")).to_list()
-            rejected_file = Path(run_dir) / "stages/generate/rejected.jsonl"
+            qs = datasets.load_from_disk(str(output_path(run_dir, "generate", "queries"))).to_list()
+            rejected_file = output_path(run_dir, "generate", "rejected.jsonl")
             rejected = [json.loads(x) for x in rejected_file.read_text().splitlines()]
     finally:
         if proc is not None:

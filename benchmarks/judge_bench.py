@@ -10,12 +10,12 @@ Prints the mean overall score of each group and the AUC (chance 0.5).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import statistics
 import time
 
+from trainer.beir import doc_text, load_beir
 from trainer.generate import parse_judge, response_format
 from trainer.llm_client import ChatClient
 from trainer.llm_server import LocalLLMServer
@@ -32,20 +32,10 @@ def main() -> None:
     args = ap.parse_args()
 
     folder = data_path("scifact")
-    corpus = {}
-    with (folder / "corpus.jsonl").open() as fh:
-        for line in fh:
-            d = json.loads(line)
-            corpus[d["_id"]] = (d["title"] + " " + d["text"]).strip()
-    queries = {}
-    with (folder / "queries.jsonl").open() as fh:
-        for line in fh:
-            q = json.loads(line)
-            queries[q["_id"]] = q["text"]
-    pairs = []
-    with (folder / "qrels" / "train.tsv").open() as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            pairs.append((row["query-id"], row["corpus-id"]))
+    data = load_beir(folder, "train")  # SciFact's training claims: never the test split
+    corpus = {i: doc_text(d) for i, d in data.corpus.items()}
+    queries = data.queries
+    pairs = [(q, d) for q, rels in data.qrels.items() for d in rels]
     rng = random.Random(0)
     rng.shuffle(pairs)
     ids = list(corpus)

@@ -22,29 +22,22 @@ import time
 from pathlib import Path
 
 from trainer import ingest, mine
+from trainer.beir import load_qrels, read_jsonl
 from trainer.config import load_config
 from trainer.models import resolve_model
 from trainer.paths import data_dir
-from trainer.rundir import RunDir, Stage, run_stage
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+from trainer.pipeline import output_path
+from trainer.rundir import Input, RunDir, Stage, run_stage
 
 
 def build_subset(src: Path, dest: Path, max_docs: int, max_queries: int, seed: int) -> dict[str, list[str]]:
     """A BEIR folder with the chosen train queries' positive documents plus sampled others;
     returns {query_id: [positive doc ids]}."""
-    qrels: dict[str, list[str]] = {}
-    for line in (src / "qrels" / "train.tsv").read_text().splitlines()[1:]:
-        qid, did, score = line.split("\t")
-        if int(score) > 0:
-            qrels.setdefault(qid, []).append(did)
+    qrels = {q: [d for d, v in rels.items() if v > 0] for q, rels in load_qrels(src / "qrels" / "train.tsv").items()}
     chosen = sorted(qrels, key=int)
     if max_queries:
         chosen = sorted(random.Random(seed).sample(chosen, min(max_queries, len(chosen))), key=int)
-    corpus = read_jsonl(src / "corpus.jsonl")
+    corpus = list(read_jsonl(src / "corpus.jsonl"))
     positive_docs = {d for q in chosen for d in qrels[q]}
     others = [d["_id"] for d in corpus if d["_id"] not in positive_docs]
     n_fill = max(0, max_docs - len(positive_docs)) if max_docs else len(others)
@@ -64,14 +57,15 @@ def queries_stage(rows: list[dict]) -> Stage:
         datasets.Dataset.from_list(rows).save_to_disk(str(ctx.dir / "queries"))
         return {"queries": len(rows)}
 
-    return Stage(name="generate", run=run, sections=("generate",), upstream=("ingest",), version="bench")
+    return Stage(name="generate", run=run, sections=("generate",), reads=(Input("ingest", "chunks"),),
+                 writes=("queries",), version="bench")
 
 
 def run_ours(cfg, rd: RunDir) -> tuple[float, dict]:
     t = time.perf_counter()
     outcome = run_stage(mine.STAGE, cfg, rd, force=True)
     elapsed = time.perf_counter() - t
-    stats = json.loads((rd.stage_dir("mine") / "stats.json").read_text())
+    stats = json.loads(output_path(rd.root, "mine", "stats.json").read_text())
     c = outcome.manifest["counts"]
     found = stats["negatives_found_per_query"]
     per_query = [int(n) for n, count in found.items() for _ in range(count)]
@@ -126,7 +120,7 @@ def main() -> None:
     run_stage(ingest.STAGE, cfg, rd)
     import datasets
 
-    chunks = datasets.load_from_disk(str(rd.stage_dir("ingest") / "chunks"))
+    chunks = datasets.load_from_disk(str(output_path(rd.root, "ingest", "chunks")))
     by_doc: dict[str, list[int]] = {}
     for i, d in enumerate(chunks["doc_id"]):
         by_doc.setdefault(d, []).append(i)
@@ -147,7 +141,7 @@ def main() -> None:
             elapsed, counts[name] = run_ours(load_config(None, [*base, f"mine.mode={mode}"]), rd)
             times[name].append(elapsed)
             if mode == "dense":
-                ours_dense = datasets.load_from_disk(str(rd.stage_dir("mine") / "train"))
+                ours_dense = datasets.load_from_disk(str(output_path(rd.root, "mine", "train")))
         elapsed, counts["st.mine_hard_negatives"], st_out = run_st(cfg, pairs, passages, args.num_negatives)
         times["st.mine_hard_negatives"].append(elapsed)
 

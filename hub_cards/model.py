@@ -29,17 +29,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from trainer.config import Config
-
-# MTEB task -> its Hub dataset (from mteb 2.26's task metadata) for the model-index entries.
-MTEB_DATASETS = {
-    "SciFact": "mteb/scifact", "NFCorpus": "mteb/nfcorpus", "TRECCOVID": "mteb/trec-covid",
-    "MedicalQARetrieval": "mteb/medical_qa", "AILACasedocs": "mteb/AILA_casedocs",
-    "AILAStatutes": "mteb/AILA_statutes", "LegalBenchCorporateLobbying": "mteb/legalbench_corporate_lobbying",
-    "LegalBenchConsumerContractsQA": "mteb/legalbench_consumer_contracts_qa",
-    "LegalSummarization": "mteb/legal_summarization", "CosQA": "CoIR-Retrieval/cosqa",
-    "StackOverflowQA": "mteb/StackOverflowQA", "SCIDOCS": "mteb/scidocs", "ArguAna": "mteb/arguana",
-    "FiQA2018": "mteb/fiqa",
-}
+from trainer.domains import task_dataset
 
 
 @dataclass
@@ -261,7 +251,7 @@ def _eval_results(report: Mapping[str, Any] | None, datasets: Mapping[str, str])
             continue
         kind = str(r["kind"])
         if kind == "MTEB":
-            dataset_type = r.get("dataset") or MTEB_DATASETS.get(r["task"]) or r["task"]
+            dataset_type = r.get("dataset") or task_dataset(r["task"]) or r["task"]
             name = f"MTEB {r['task']}"
         elif kind == "synthetic" and datasets.get("queries"):  # the held-out queries are in the queries set
             dataset_type, name = datasets["queries"], "held-out synthetic split (test documents)"

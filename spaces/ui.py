@@ -8,7 +8,6 @@ to the running job; one job at a time; Cancel stops it cleanly (the run stays re
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 from pathlib import Path
@@ -17,19 +16,16 @@ from typing import Any
 import gradio as gr
 
 from trainer.config import QUERY_TYPES, load_config
+from trainer.domain_ranking import domains_table, plot_domains
+from trainer.domains import DOMAINS, SUBCATEGORIES
 from trainer.errors import TrainerError
 from trainer.jobs import JobManager
 from trainer.logs import redact
 from trainer.paths import data_dir
+from trainer.pipeline import output_path
+from trainer.pipeline import status as stage_status
+from trainer.rundir import RunDir
 
-STAGES = ("ingest", "generate", "mine", "train", "evaluate", "export", "publish")
-DEFAULT_CORPUS = {
-    "medical": "data:scifact",
-    "scientific": "data:scifact",
-    "legal": "data:aila_casedocs",
-    "code": "builtin:python-docs",
-    "general": "builtin:python-docs",
-}
 DUPLICATE_HELP = (
     "**Run it on a GPU:** this Space runs on free CPU hardware, where only small runs finish quickly. "
     "Use *Duplicate this Space* (top-right menu), pick GPU hardware (a T4 is enough for MiniLM-size models), "
@@ -53,7 +49,7 @@ def detect_profile() -> str:
 
 
 def default_corpus(domain: str) -> str:
-    src = DEFAULT_CORPUS.get(domain, "builtin:python-docs")
+    src = DOMAINS[domain].default_corpus if domain in DOMAINS else "builtin:python-docs"
     if src.startswith("data:") and not (data_dir() / src[5:]).is_dir():
         return "builtin:python-docs"
     return src
@@ -128,7 +124,6 @@ class SpaceApp:
         job = self.jobs.current()
         if job is None:
             return "No job yet: pick a step and press its Run button.", "", []
-        from trainer.pipeline import status as stage_status
 
         rows = []
         try:
@@ -148,14 +143,13 @@ class SpaceApp:
         return Path(job.run_dir) if job else Path(self.run_root)
 
     def counts(self, stage: str) -> dict[str, Any]:
-        path = self._run_dir() / "stages" / stage / "manifest.json"
-        if not path.is_file():
+        m = RunDir(self._run_dir()).manifest(stage)
+        if not m:
             return {}
-        m = json.loads(path.read_text())
         return {"status": m.get("status"), **(m.get("counts") or {})}
 
     def sample_queries(self) -> list[list[Any]]:
-        path = self._run_dir() / "stages" / "generate" / "queries"
+        path = output_path(self._run_dir(), "generate", "queries")
         if not path.is_dir():
             return []
         import datasets
@@ -165,17 +159,13 @@ class SpaceApp:
                 for r in ds.select(range(min(10, len(ds))))]
 
     def evaluation(self) -> tuple[str, list[str]]:
-        folder = self._run_dir() / "stages" / "evaluate"
-        reports = sorted(folder.glob("*.md")) if folder.is_dir() else []
-        text = "\n\n".join(p.read_text() for p in reports) or "No evaluation yet."
-        plots = [str(p) for p in sorted(folder.rglob("*.png"))] if folder.is_dir() else []
+        report = output_path(self._run_dir(), "evaluate", "report.md")
+        plots_dir = output_path(self._run_dir(), "evaluate", "plots")
+        text = report.read_text() if report.is_file() else "No evaluation yet."
+        plots = [str(p) for p in sorted(plots_dir.glob("*.png"))] if plots_dir.is_dir() else []
         return text, plots
 
     def domains(self) -> tuple[list[list[Any]], str | None, str]:
-        try:
-            from trainer.domains import domains_table, plot_domains
-        except ImportError:
-            return [], None, "The domain ranking is not available in this build."
         try:
             rows = domains_table()
         except TrainerError as exc:
@@ -213,7 +203,7 @@ def build_demo(run_root: str = "runs/space", state_dir: str | None = None,
             domains_note = gr.Markdown()
             domains_table = gr.Dataframe(label="Room for improvement", interactive=False)
             domains_plot = gr.Image(label="Subcategories", type="filepath")
-            inputs["domain"] = gr.Radio(["medical", "legal", "scientific", "code"], value=d["domain"],
+            inputs["domain"] = gr.Radio(list(SUBCATEGORIES), value=d["domain"],
                                         label="Subcategory")
         with gr.Tab("2 Data"):
             inputs["source"] = gr.Textbox(

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from trainer.config import Config, load_config
 from trainer.dataset_io import save_rows
-from trainer.rundir import RunDir, Stage, StageContext, run_stage
+from trainer.pipeline import STAGES
+from trainer.rundir import Input, RunDir, Stage, StageContext, run_stage
 
 PLANTED_TOKEN = "hf_PlantedFakeTokenDoNotLeak0123456789"
 
@@ -122,7 +124,8 @@ def _train(ctx: StageContext) -> dict[str, Any]:
 
 def _evaluate_with(report: dict[str, Any]):
     def run(ctx: StageContext) -> dict[str, Any]:
-        (ctx.dir / "report.json").write_text(json.dumps(report), encoding="utf-8")
+        result_files = {"SciFact": "results/domain-embed__fake/tuned/SciFact.json"}
+        (ctx.dir / "report.json").write_text(json.dumps({**report, "result_files": result_files}), encoding="utf-8")
         tuned = ctx.dir / "mteb" / "results" / "domain-embed__fake" / "tuned"
         tuned.mkdir(parents=True)
         (tuned / "SciFact.json").write_text(json.dumps(MTEB_RESULT), encoding="utf-8")
@@ -153,15 +156,20 @@ def build_run(run_dir: Path, *, evaluate: dict[str, Any] | None = REPORT_IMPROVE
     """Run the fake upstream stages in ``run_dir``; returns the config."""
     cfg = make_config(run_dir)
     rd = RunDir(run_dir)
-    stages = [Stage("ingest", _ingest, sections=("ingest.source",))]
+    # stand-ins that keep the real stages' declared reads and writes (minus what the fakes do not make)
+    def fake(real: Stage, run: Any, **kw: Any) -> Stage:
+        return replace(real, run=run, external=None, **kw)
+
+    stages = [fake(STAGES["ingest"], _ingest, writes=("documents", "chunks"))]
     if datasets:
-        stages += [Stage("generate", _generate, sections=("generate",), upstream=("ingest",)),
-                   Stage("mine", _mine, sections=("mine",), upstream=("generate",))]
-    stages.append(Stage("train", _train, sections=("train",)))
+        stages += [fake(STAGES["generate"], _generate, writes=("queries", "README.md")),
+                   fake(STAGES["mine"], _mine, reads=(Input("generate", "queries"),), writes=("train", "stats.json"))]
+    stages.append(fake(STAGES["train"], _train, reads=(), writes=("model",)))
     if evaluate is not None:
-        stages.append(Stage("evaluate", _evaluate_with(evaluate), sections=("evaluate",), upstream=("train",)))
+        stages.append(fake(STAGES["evaluate"], _evaluate_with(evaluate), reads=(Input("train", "model"),),
+                           writes=("report.json", "mteb"), may_write=()))
     if export:
-        stages.append(Stage("export", _export, sections=("export",), upstream=("train",)))
+        stages.append(fake(STAGES["export"], _export, reads=(Input("train", "model"),), writes=("onnx",)))
     for stage in stages:
         run_stage(stage, cfg, rd)
     rd.save_config(cfg)  # <run>/config.yaml: what a subprocess loads with -c

@@ -2,8 +2,14 @@ import re
 from pathlib import Path
 
 from trainer.cli import explain_table
+from trainer.pipeline import contracts_table
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def _between(text: str, marker: str) -> str:
+    return text.split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
 
 
 def test_help_explains_commands_and_options(cli):
@@ -32,8 +38,10 @@ def test_readme_has_space_front_matter_and_current_config_reference():
     front = text.split("---")[1]
     for key in ("sdk: gradio", "app_file: app.py", "suggested_hardware:"):
         assert key in front
-    section = text.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
-    assert section.strip() == explain_table().strip(), "run: python -m trainer config --explain --markdown"
+    config = _between((ROOT / "docs" / "CONFIG.md").read_text(), "config-reference")
+    assert config.strip() == explain_table().strip(), "run: python -m trainer config --explain --markdown"
+    assert _between(text, "stage-contracts").strip() == contracts_table().strip(), \
+        "paste trainer.pipeline.contracts_table() into the README"
 
 
 def test_run_to_a_stage_runs_every_stage_before_it_in_order():

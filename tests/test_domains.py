@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from trainer.domains import domain_tasks, domains_table, main, to_markdown, write_domains
+from trainer.domain_ranking import domains_table, main, to_markdown, write_domains
+from trainer.domains import domain_tasks
 from trainer.errors import ConfigError, InputError
 from trainer.leaderboard import references
 

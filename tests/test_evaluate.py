@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 import pytest
 
+from trainer.beir import load_beir
 from trainer.config import load_config
 from trainer.errors import InputError, StageError
 from trainer.evaluate import (
@@ -16,14 +17,12 @@ from trainer.evaluate import (
     TrainingIndex,
     contamination,
     evaluate_model_on_beir,
-    find_local_folder,
-    load_beir,
-    load_model,
-    model_fingerprint,
     run_mteb_tasks,
 )
 from trainer.leaderboard import compare
 from trainer.models import resolve_model
+from trainer.paths import find_local_folder
+from trainer.retrieval import load_model, model_fingerprint
 from trainer.rundir import RunDir, run_stage
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -177,7 +176,9 @@ def make_run(run, shared_data, n_queries, n_docs=None, n_ingested=8):
     train = run / "stages" / "train"
     train.mkdir(parents=True)
     _perturbed_copy(resolve_model(MINILM), train / "model")
-    (train / "manifest.json").write_text(json.dumps({"status": "complete", "output_fingerprint": "t1"}))
+    for stage in ("train", "mine", "ingest"):  # finished stages, as the evaluate stage reads them
+        (run / "stages" / stage).mkdir(parents=True, exist_ok=True)
+        (run / "stages" / stage / "manifest.json").write_text(json.dumps({"status": "complete"}))
     data = load_beir(shared_data / "aila_statutes")
     held_out = dict(list(data.qrels.items())[:n_queries])
     keep = {d for rels in held_out.values() for d in rels}

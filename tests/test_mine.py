@@ -17,7 +17,7 @@ import pytest
 from trainer import ingest, mine
 from trainer.config import load_config
 from trainer.mine import fuse, margin_threshold, select_negatives, split_documents
-from trainer.rundir import RunDir, Stage, fingerprint_dir, run_stage
+from trainer.rundir import Input, RunDir, Stage, fingerprint_dir, run_stage
 
 TOPICS = {
     "insulin": ["Insulin lowers blood glucose after meals.", "It is made by beta cells in the pancreas.",
@@ -74,7 +74,8 @@ def generate_stage(rows):
         datasets.Dataset.from_list(rows).save_to_disk(str(ctx.dir / "queries"))
         return {"queries": len(rows)}
 
-    return Stage(name="generate", run=run, sections=("generate",), upstream=("ingest",), version="test")
+    return Stage(name="generate", run=run, sections=("generate",), reads=(Input("ingest", "chunks"),),
+                 writes=("queries",), version="test")
 
 
 def query_rows(chunks):

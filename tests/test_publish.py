@@ -1,7 +1,7 @@
 """Publish stage: pushes against a Hub-protocol test server on loopback, re-push without new commits,
 retries and resume after failures, the token never written anywhere, and the no-token folders.
 
-The pushes run in a subprocess (``python -m trainer.publish``): huggingface_hub reads HF_ENDPOINT and
+The pushes run in a subprocess (``python -m trainer publish``): huggingface_hub reads HF_ENDPOINT and
 HF_HUB_DISABLE_XET when it is imported, and this test process imported it offline already.
 """
 
@@ -42,7 +42,7 @@ def publish(server: HubServer, run_dir: Path, *sets: str, token: str = PLANTED_T
     env.update(HF_ENDPOINT=server.url, HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0", DOMAIN_EMBED_OFFLINE="0",
                TRANSFORMERS_OFFLINE="0", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HOME=str(run_dir.parent / "hf-home"),
                HF_TOKEN=token, **(extra_env or {}))
-    args = [sys.executable, "-m", "trainer.publish", "-c", str(run_dir / "config.yaml"), "--run-dir", str(run_dir)]
+    args = [sys.executable, "-m", "trainer", "publish", "-c", str(run_dir / "config.yaml"), "--run-dir", str(run_dir)]
     for s in sets:
         args += ["--set", s]
     if force:

@@ -4,7 +4,7 @@ import pytest
 
 from trainer.config import load_config
 from trainer.errors import StageError
-from trainer.rundir import RunDir, Stage, run_stage, stage_status
+from trainer.rundir import Input, RunDir, Stage, run_stage, stage_status
 
 
 def toy_stages(calls):
@@ -15,12 +15,12 @@ def toy_stages(calls):
 
     def run_b(ctx):
         calls.append(("b", ctx.resumed))
-        up = (ctx.upstream_dir("a") / "out.txt").read_text()
+        up = ctx.input("a", "out.txt").read_text()
         (ctx.dir / "out.txt").write_text(up + f" k={ctx.cfg.mine.num_negatives}")
         return {"rows": 2}
 
-    a = Stage(name="a", run=run_a, sections=("train.lr",))
-    b = Stage(name="b", run=run_b, sections=("mine",), upstream=("a",))
+    a = Stage(name="a", run=run_a, sections=("train.lr",), writes=("out.txt",))
+    b = Stage(name="b", run=run_b, sections=("mine",), reads=(Input("a", "out.txt"),), writes=("out.txt",))
     return a, b
 
 
@@ -117,7 +117,7 @@ def test_crashed_stage_resumes_with_its_work_folder(tmp_path):
     with pytest.raises(RuntimeError):
         run_stage(stage, load_config(), rd)
     assert rd.manifest("c")["status"] == "running"
-    assert stage_status(stage, load_config(), rd).startswith("running or crashed")
+    assert stage_status(stage, load_config(), rd).startswith("failed or interrupted")
     state["fail"] = False
     out = run_stage(stage, load_config(), rd)
     assert out.action == "resumed" and out.manifest["attempts"] == 2

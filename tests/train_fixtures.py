@@ -62,7 +62,7 @@ def _run_fake_mine(ctx: StageContext) -> dict:
     return {"rows": len(data)}
 
 
-FAKE_MINE = Stage(name="mine", run=_run_fake_mine, sections=("mine.num_negatives",))
+FAKE_MINE = Stage(name="mine", run=_run_fake_mine, sections=("mine.num_negatives",), writes=("train",))
 
 # A few seconds per step on 2 shared CPU cores: 14 training rows, 32 tokens, batch 8.
 TINY = [

@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="serve an exported model as an OpenAI-compatible /v1/embeddings API "
                    "(see `serve --help`)", add_help=False)
 
-    p = sub.add_parser("status", help="show each stage's state in the run directory")
+    p = sub.add_parser("status", help="show each stage's state in the run directory (outputs verified)")
     _common(p)
+    p.add_argument("--contracts", action="store_true", help="also list what each stage reads and writes")
 
     p = sub.add_parser("config", help="print the resolved config, or --explain every setting")
     _common(p)
@@ -107,7 +108,7 @@ def _interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["domains"]:  # its own options (results folder, output), no run config
-        from trainer.domains import main as domains_main
+        from trainer.domain_ranking import main as domains_main
 
         return domains_main(argv[1:])
     if argv[:1] == ["serve"]:  # a server for an exported model, not a pipeline stage
@@ -130,11 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(cfg.to_yaml(), end="")
             return 0
-        from trainer.pipeline import run_pipeline, status
+        from trainer.pipeline import contracts, run_pipeline, status
 
         if args.command == "status":
+            declared = {c["stage"]: c for c in contracts()}
             for name, state in status(cfg):
                 print(f"{name:10s} {state}")
+                if args.contracts:
+                    c = declared[name]
+                    print(f"{'':10s} reads  {', '.join(c['reads']) or '-'}")
+                    print(f"{'':10s} writes {', '.join(c['writes'] + [f'{w} (if any)' for w in c['may_write']])}")
             return 0
         if args.command == "run":
             outcomes = run_pipeline(cfg, to=args.to, force=args.force)

@@ -22,9 +22,11 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainer.domains import DOMAIN_NAMES
 from trainer.errors import ConfigError
+from trainer.paths import REPO_ROOT
 
-Domain = Literal["medical", "legal", "scientific", "code", "general"]
+Domain = Literal[DOMAIN_NAMES]  # the domain registry's names (trainer.domains)
 
 
 class _Section(BaseModel):
@@ -435,7 +437,6 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def _profile_data(name: str) -> dict[str, Any]:
-    from trainer.paths import REPO_ROOT
 
     path = REPO_ROOT / "configs" / "hardware" / f"{name}.yaml"
     if not path.is_file():

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from trainer.files import atomic_dir
 
 # A feature spec: column -> "string" / "int32" / ... or ["string"] for a list of that type.
 Spec = dict[str, Any]
@@ -30,17 +30,12 @@ def save_rows(rows: list[dict[str, Any]], dest: Path, spec: Spec) -> None:
 
     if not rows:
         raise ValueError(f"refusing to save an empty dataset at {dest}")
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    datasets.Dataset.from_list(rows, features=features(spec)).save_to_disk(str(tmp))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    ds = datasets.Dataset.from_list(rows, features=features(spec))
+    with atomic_dir(dest) as tmp:
+        ds.save_to_disk(str(tmp))
 
 
 def save_dataset(ds, dest: Path) -> None:
     """Atomically save an existing Dataset at ``dest``."""
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    with atomic_dir(dest) as tmp:
+        ds.save_to_disk(str(tmp))

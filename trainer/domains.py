@@ -1,7 +1,10 @@
-"""The MTEB subcategories (medical, legal, scientific, code), their retrieval tasks, and which has the
-most room for a small specialist.
+"""The domain registry: what each MTEB subcategory means to every stage, declared in one place.
 
-Task lists come from mteb's own benchmark metadata (offline, shipped in the wheel):
+A :class:`DomainSpec` holds, per subcategory, the MTEB benchmark whose retrieval tasks define it
+(task names are read from mteb's own benchmark metadata, shipped in the wheel, never copied here),
+who searches in it and how (prompt audience, query styles, few-shot examples), the corpus the Space
+offers by default, and the MTEB task whose local BEIR folder checks the int8 export. Config, the
+prompts, evaluate, export, the cards and the Space ask this module; none keeps its own list.
 
 - medical: the retrieval tasks of ``MTEB(Medical, v1)`` with English data;
 - legal: the retrieval tasks of ``MTEB(Law, v1)`` with English data;
@@ -10,223 +13,197 @@ Task lists come from mteb's own benchmark metadata (offline, shipped in the whee
   which leaves out the catch-all MSMARCO and CQADupstack);
 - general: the retrieval tasks of ``MTEB(eng, v2)``.
 
-The ranking reads an MTEB results folder (leaderboard snapshot) and, per task, takes the best model,
-the best model under 100M and under 500M parameters, the spread across models and the base model's
-score; per domain it averages those over the tasks that have results. ``room`` (the rank key) is the
-mean gap between the best model and the best model under 100M parameters: how far the size class of
-all-MiniLM-L6-v2 trails the state of the art on that domain. ``base_gap`` is how far the base model
-itself trails the best.
-
 Example::
 
+    >>> get_domain("legal").benchmark
+    'MTEB(Law, v1)'
     >>> domain_tasks("legal")[:3]
     ['AILACasedocs', 'AILAStatutes', 'LegalSummarization']
+    >>> task_dataset("SciFact")
+    'mteb/scifact'
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
-import statistics
-import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
-from trainer.errors import ConfigError, TrainerError
-from trainer.leaderboard import MEDIUM, SMALL, default_results_dir, load_scores
+from trainer.errors import ConfigError
 
-BENCHMARKS = {
-    "medical": "MTEB(Medical, v1)",
-    "legal": "MTEB(Law, v1)",
-    "code": "MTEB(Code, v1)",
-    "scientific": "BEIR",
-    "general": "MTEB(eng, v2)",
-}
-SUBCATEGORIES = ("medical", "legal", "scientific", "code")
 DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+def _english(meta: Any) -> bool:
+    return "eng" in set(meta.languages)
+
+
+def _academic(meta: Any) -> bool:
+    return _english(meta) and "Academic" in (meta.domains or []) and len(meta.domains or []) <= 3
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One subcategory. ``styles``: query type ('factual', 'contextual') -> what the generator writes;
+    ``examples``: few-shot (passage, query) pairs; ``default_corpus``: an ``ingest.source`` value;
+    ``parity_task``: an MTEB task whose local BEIR folder (under $DOMAIN_EMBED_DATA) the export stage's
+    int8 check and parity passages use when present."""
+
+    name: str
+    benchmark: str
+    audience: str
+    styles: Mapping[str, str]
+    examples: tuple[tuple[str, str], ...]
+    default_corpus: str = "builtin:python-docs"
+    parity_task: str | None = None
+    task_filter: Callable[[Any], bool] = field(default=_english, repr=False)
+
+    def tasks(self) -> list[str]:
+        """The retrieval task names of this subcategory, in benchmark order (from mteb's metadata)."""
+        return list(_benchmark_tasks(self.name))
+
+    def style(self, qtype: str) -> str:
+        base = "contextual" if qtype == "multi_hop" else qtype
+        return self.styles.get(base) or GENERAL_STYLES[base]
+
+
+GENERAL_STYLES = {
+    "factual": "a factual search question answered by the passage",
+    "contextual": "a question needing the passage's context to answer",
+}
+
+_SCIENTIFIC_EXAMPLES = (
+    ("Knockout mice lacking the FOXP2 gene showed impaired ultrasonic vocalisation and abnormal "
+     "cerebellar development.", "FOXP2 is required for normal vocal communication in mice."),
+    ("Global ocean heat content rose by 0.6 W/m2 between 2005 and 2020, driven mostly by the upper 700 m.",
+     "Most recent ocean warming has happened in the deep ocean."),
+)
+
+_SPECS = (
+    DomainSpec(
+        name="medical",
+        benchmark="MTEB(Medical, v1)",
+        audience="a clinician or biomedical researcher searching the literature",
+        styles={
+            "factual": "a short clinical or biomedical claim (one sentence) that the passage supports",
+            "contextual": "a clinical question about causes, mechanisms, effects or treatment that the passage "
+                          "answers",
+        },
+        examples=(
+            ("Metformin reduces hepatic gluconeogenesis and improves insulin sensitivity in peripheral tissues, "
+             "lowering fasting glucose in type 2 diabetes.", "Metformin lowers fasting blood sugar by suppressing "
+             "glucose production in the liver."),
+            ("In a cohort of 1,200 smokers, low-dose CT screening detected stage I lung cancers twice as often as "
+             "chest radiography.", "Does CT screening find early lung cancer more often than X-rays in smokers?"),
+        ),
+        default_corpus="data:scifact",
+        parity_task="SciFact",
+    ),
+    DomainSpec(
+        name="legal",
+        benchmark="MTEB(Law, v1)",
+        audience="a lawyer searching for the statutes and precedents that apply to a matter",
+        styles={
+            "factual": "a legal-issue query: the rule, right or offence in question, in a lawyer's words",
+            "contextual": "a case-fact query: one or two sentences describing a situation whose legal answer is "
+                          "in the passage",
+        },
+        examples=(
+            ("Whoever, intending to take dishonestly any movable property out of the possession of any person "
+             "without that person's consent, moves that property, is said to commit theft.",
+             "What are the ingredients of the offence of theft of movable property?"),
+            ("The appellant was detained without being told the grounds of his arrest and was not produced "
+             "before a magistrate within twenty-four hours.", "Police held a man for two days without telling "
+             "him why or bringing him before a judge; was his detention lawful?"),
+        ),
+        default_corpus="data:aila_casedocs",
+        parity_task="AILAStatutes",
+    ),
+    DomainSpec(
+        name="scientific",
+        benchmark="BEIR",
+        audience="a scientist checking a claim against the literature",
+        styles={
+            "factual": "a short scientific claim (one sentence) that the passage supports or refutes",
+            "contextual": "a research question about why or how, which the passage answers",
+        },
+        examples=_SCIENTIFIC_EXAMPLES,
+        default_corpus="data:scifact",
+        parity_task="SciFact",
+        task_filter=_academic,
+    ),
+    DomainSpec(
+        name="code",
+        benchmark="MTEB(Code, v1)",
+        audience="a software developer searching documentation",
+        styles={
+            "factual": "a natural-language code-search query (how do I ... / what does ... do) that this "
+                       "documentation answers",
+            "contextual": "a question about when or why to use this feature, or how it behaves",
+        },
+        examples=(
+            ("sorted(iterable, *, key=None, reverse=False): Return a new sorted list from the items in iterable. "
+             "key specifies a function of one argument used to extract a comparison key.",
+             "how to sort a list of dicts by a field in python"),
+            ("The with statement is used to wrap the execution of a block with methods defined by a context "
+             "manager, so that common try/finally usage patterns can be encapsulated.",
+             "why use a context manager instead of try finally"),
+        ),
+        default_corpus="builtin:python-docs",
+        task_filter=lambda meta: True,  # code tasks are tagged with programming languages, not "eng"
+    ),
+    DomainSpec(
+        name="general",
+        benchmark="MTEB(eng, v2)",
+        audience="a curious person using a search engine",
+        styles=GENERAL_STYLES,
+        examples=(
+            (_SCIENTIFIC_EXAMPLES[0][0], "What happens to mice without the FOXP2 gene?"),
+            (_SCIENTIFIC_EXAMPLES[1][0], "How much has the upper ocean warmed since 2005?"),
+        ),
+        default_corpus="data:scifact",
+        parity_task="SciFact",
+    ),
+)
+
+DOMAINS: Mapping[str, DomainSpec] = MappingProxyType({s.name: s for s in _SPECS})
+DOMAIN_NAMES: tuple[str, ...] = tuple(DOMAINS)
+SUBCATEGORIES: tuple[str, ...] = ("medical", "legal", "scientific", "code")  # the MTEB subcategories users pick
+
+
+def get_domain(name: str) -> DomainSpec:
+    try:
+        return DOMAINS[name]
+    except KeyError:
+        raise ConfigError(f"unknown domain {name!r}; choose one of {', '.join(DOMAINS)}") from None
+
+
 @functools.lru_cache(maxsize=8)
-def _domain_tasks(domain: str) -> tuple[str, ...]:
+def _benchmark_tasks(domain: str) -> tuple[str, ...]:
     import mteb
 
-    if domain not in BENCHMARKS:
-        raise ConfigError(f"unknown domain {domain!r}; choose one of {', '.join(BENCHMARKS)}")
-    names = []
-    for task in mteb.get_benchmark(BENCHMARKS[domain]).tasks:
+    spec = get_domain(domain)
+    names: list[str] = []
+    for task in mteb.get_benchmark(spec.benchmark).tasks:
         meta = task.metadata
-        if meta.type != "Retrieval":
-            continue
-        if domain != "code" and "eng" not in set(meta.languages):
-            continue
-        if domain == "scientific" and ("Academic" not in (meta.domains or []) or len(meta.domains or []) > 3):
-            continue
-        if meta.name not in names:
+        if meta.type == "Retrieval" and spec.task_filter(meta) and meta.name not in names:
             names.append(meta.name)
     return tuple(names)
 
 
 def domain_tasks(domain: str) -> list[str]:
     """The retrieval task names of a subcategory, in benchmark order (from mteb's metadata)."""
-    return list(_domain_tasks(domain))
+    return get_domain(domain).tasks()
 
 
-def corpus_size(task_name: str) -> int | None:
-    """Documents in a task's corpus, from mteb's descriptive statistics (largest eval split)."""
+@functools.lru_cache(maxsize=256)
+def task_dataset(task_name: str) -> str | None:
+    """The Hub dataset an MTEB task reads (mteb's metadata), e.g. 'mteb/scifact'; None for an unknown task."""
     import mteb
 
     try:
-        task = mteb.get_task(task_name)
-        stats = task.metadata.descriptive_stats or {}
-    except Exception:  # noqa: BLE001 - no statistics shipped for this task
+        return str(mteb.get_task(task_name).metadata.dataset["path"])
+    except Exception:  # noqa: BLE001 - not a registered task (a user's own folder)
         return None
-    sizes = []
-    for split in task.metadata.eval_splits:
-        s = stats.get(split) or {}
-        n = s.get("num_documents")
-        if n is None and s.get("hf_subset_descriptive_stats"):
-            n = sum(sub.get("num_documents") or 0 for sub in s["hf_subset_descriptive_stats"].values())
-        if n:
-            sizes.append(int(n))
-    return max(sizes) if sizes else None
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def domains_table(
-    results_dir: str | Path | None = None,
-    domains: Sequence[str] = SUBCATEGORIES,
-    base_model: str = DEFAULT_BASE,
-) -> list[dict[str, Any]]:
-    """One dict per domain, ranked by room for improvement (largest first); see the module doc."""
-    all_tasks = {d: domain_tasks(d) for d in domains}
-    scores = load_scores({t for ts in all_tasks.values() for t in ts}, results_dir)
-    rows = []
-    for domain, tasks in all_tasks.items():
-        per_task = []
-        for task in tasks:
-            entries = scores.get(task) or []
-            if not entries:
-                continue
-            best = entries[0].score
-            small = next((s.score for s in entries if s.n_parameters is not None and s.n_parameters < SMALL), None)
-            medium = next((s.score for s in entries if s.n_parameters is not None and s.n_parameters < MEDIUM), None)
-            base = next((s.score for s in entries if s.model == base_model), None)
-            values = [s.score for s in entries]
-            per_task.append({
-                "task": task, "n_models": len(entries), "best": best, "best_under_100m": small,
-                "best_under_500m": medium, "base": base,
-                "spread": statistics.pstdev(values) if len(values) > 1 else 0.0,
-                "gap_small": None if small is None else best - small,
-                "gap_medium": None if medium is None else best - medium,
-                "base_gap": None if base is None else best - base,
-                "corpus_docs": corpus_size(task),
-            })
-
-        def avg(key: str, rows_: list[dict[str, Any]] = per_task) -> float | None:
-            return _mean([r[key] for r in rows_ if r[key] is not None])
-
-        sizes = [r["corpus_docs"] for r in per_task if r["corpus_docs"]]
-        rows.append({
-            "domain": domain,
-            "benchmark": BENCHMARKS[domain],
-            "n_tasks": len(tasks),
-            "n_tasks_with_results": len(per_task),
-            "tasks_with_results": [r["task"] for r in per_task],
-            "n_models": max((r["n_models"] for r in per_task), default=0),
-            "best": avg("best"),
-            "best_under_100m": avg("best_under_100m"),
-            "best_under_500m": avg("best_under_500m"),
-            "base": avg("base"),
-            "room": avg("gap_small"),
-            "gap_500m": avg("gap_medium"),
-            "base_gap": avg("base_gap"),
-            "spread": avg("spread"),
-            "median_corpus_docs": int(statistics.median(sizes)) if sizes else None,
-            "per_task": per_task,
-        })
-    rows.sort(key=lambda r: (r["room"] is not None, r["room"] or 0.0), reverse=True)
-    for i, row in enumerate(rows, 1):
-        row["rank"] = i
-    return rows
-
-
-def _f(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3f}"
-
-
-def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [
-        "| rank | domain | tasks (with results) | best | best < 100M | best < 500M | base | room (best − best<100M) "
-        "| base gap | spread | median corpus docs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['rank']} | {r['domain']} | {r['n_tasks']} ({r['n_tasks_with_results']}) | {_f(r['best'])} | "
-            f"{_f(r['best_under_100m'])} | {_f(r['best_under_500m'])} | {_f(r['base'])} | {_f(r['room'])} | "
-            f"{_f(r['base_gap'])} | {_f(r['spread'])} | "
-            f"{r['median_corpus_docs'] if r['median_corpus_docs'] is not None else '–'} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def plot_domains(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Grouped bars per domain: best, best < 500M, best < 100M, base (mean nDCG@10 over its tasks)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = [("best", "best"), ("best_under_500m", "best < 500M"), ("best_under_100m", "best < 100M"),
-              ("base", "all-MiniLM-L6-v2")]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / len(series)
-    for i, (key, label) in enumerate(series):
-        xs = [j + i * width for j, r in enumerate(rows) if r[key] is not None]
-        ax.bar(xs, [r[key] for r in rows if r[key] is not None], width, label=label)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))],
-                  [f"{r['rank']}. {r['domain']}\nroom {_f(r['room'])}" for r in rows])
-    ax.set_ylabel("mean nDCG@10 over the domain's tasks")
-    ax.set_title("Room for a small specialist, by MTEB subcategory")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_domains(out_dir: Path, results_dir: str | Path | None = None) -> dict[str, Path]:
-    """domains.md, domains.json and domains.png in out_dir."""
-    rows = domains_table(results_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "domains.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    (out_dir / "domains.md").write_text(to_markdown(rows), encoding="utf-8")
-    return {"json": out_dir / "domains.json", "markdown": out_dir / "domains.md",
-            "png": plot_domains(rows, out_dir / "domains.png")}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m trainer domains [--results-dir DIR] [--out DIR] [--json]``."""
-    parser = argparse.ArgumentParser(prog="trainer domains", description="Rank MTEB subcategories by room "
-                                     "for improvement, from an MTEB results folder.")
-    parser.add_argument("--results-dir", default=None, help=f"default: {default_results_dir()}")
-    parser.add_argument("--out", default=None, help="write domains.md/.json/.png here")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
-    args = parser.parse_args(argv)
-    try:
-        if args.out:
-            paths = write_domains(Path(args.out), args.results_dir)
-            rows = json.loads(paths["json"].read_text())
-        else:
-            rows = domains_table(args.results_dir)
-    except TrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(rows, indent=2) if args.json else to_markdown(rows), end="" if not args.json else "\n")
-    return 0

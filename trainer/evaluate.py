@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
-import os
 import re
 import time
 import zlib
@@ -43,199 +41,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.chunking import passage_text
+from trainer.beir import BeirData, doc_text, load_beir
 from trainer.config import Config
+from trainer.domains import domain_tasks
 from trainer.errors import InputError, StageError, TrainerError
+from trainer.files import fingerprint, write_json_atomic
+from trainer.leaderboard import compare, default_results_dir, references, task_main_score, write_report
 from trainer.metrics import deltas, evaluate_run
 from trainer.models import cache_dir as user_cache_dir
-from trainer.models import is_offline, resolve_model
-from trainer.paths import data_dir
+from trainer.models import is_offline
+from trainer.paths import data_dir, find_local_folder
 from trainer.readers import normalized_hash
-from trainer.rundir import Stage, StageContext, fingerprint_dir, write_json_atomic
+from trainer.retrieval import as_model, load_model, search
+from trainer.rundir import Input, Stage, StageContext
 
 log = logging.getLogger("trainer")
 
-# MTEB task -> folder under $DOMAIN_EMBED_DATA (others are found by normalised name, e.g. nfcorpus).
-LOCAL_FOLDERS = {
-    "SciFact": "scifact",
-    "AILACasedocs": "aila_casedocs",
-    "AILAStatutes": "aila_statutes",
-    "LegalBenchCorporateLobbying": "legalbench_corporate_lobbying",
-}
 NOT_AVAILABLE_OFFLINE = "not available offline"
 
 
-# --------------------------------------------------------------------------------------- BEIR data
-
-
-@dataclass
-class BeirData:
-    corpus: dict[str, dict[str, str]]  # id -> {"title", "text"}
-    queries: dict[str, str]  # only the queries judged in the split
-    qrels: dict[str, dict[str, int]]
-    folder: Path | None = None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{n} is not valid JSON ({exc.msg})") from None
-    return rows
-
-
-def load_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """BEIR qrels TSV (header ``query-id corpus-id score``) -> query -> {doc: relevance}."""
-    qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            parts = line.rstrip("\n").split("\t")
-            if n == 1 and parts[0] in ("query-id", "query_id", "qid"):
-                continue
-            if len(parts) < 3 or not line.strip():
-                if line.strip():
-                    raise InputError(f"{path}:{n}: expected 'query-id<TAB>corpus-id<TAB>score', got {line!r}")
-                continue
-            try:
-                qrels.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
-            except ValueError:
-                raise InputError(f"{path}:{n}: score {parts[2]!r} is not a number") from None
-    return qrels
-
-
-def load_beir(folder: str | Path, split: str = "test") -> BeirData:
-    """Read a BEIR folder: corpus.jsonl (_id, title, text), queries.jsonl (_id, text), qrels/<split>.tsv."""
-    folder = Path(folder).expanduser()
-    missing = [p for p in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv") if not (folder / p).is_file()]
-    if missing:
-        raise InputError(
-            f"{folder} is not a BEIR folder: missing {', '.join(missing)} (expected corpus.jsonl with _id/title/text, "
-            f"queries.jsonl with _id/text and qrels/{split}.tsv with query-id, corpus-id, score)"
-        )
-    corpus = {
-        str(r["_id"]): {"title": r.get("title") or "", "text": r.get("text") or ""}
-        for r in _read_jsonl(folder / "corpus.jsonl")
-    }
-    qrels = load_qrels(folder / "qrels" / f"{split}.tsv")
-    queries = {str(r["_id"]): r.get("text") or "" for r in _read_jsonl(folder / "queries.jsonl")}
-    missing_q = [q for q in qrels if q not in queries]
-    if missing_q:
-        raise InputError(f"{folder}: {len(missing_q)} judged queries are not in queries.jsonl, e.g. {missing_q[:3]}")
-    return BeirData(corpus, {q: queries[q] for q in qrels}, qrels, folder)
-
-
-def doc_text(doc: Mapping[str, str]) -> str:
-    """A document as mteb embeds it: title and text joined by a space."""
-    return passage_text(doc.get("title"), doc.get("text"))
-
-
 # ---------------------------------------------------------------------------------- own retrieval
-
-
-def load_model(name_or_path: str | Path, max_seq_length: int | None = None, device: str | None = None):
-    """A SentenceTransformer from a Hub id or folder (offline: see trainer.models.resolve_model)."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(resolve_model(str(name_or_path)), device=device)
-    if max_seq_length:
-        model.max_seq_length = max_seq_length
-    return model
-
-
-def _as_model(model: Any, max_seq_length: int | None = None):
-    return load_model(model, max_seq_length) if isinstance(model, str | Path) else model
-
-
-def model_fingerprint(model: Any) -> str:
-    """A hash of a SentenceTransformer's weights, module settings (its repr: max_seq_length, pooling,
-    normalization) and tokenizer size: two models with the same fingerprint embed text identically."""
-    import torch
-
-    tok = getattr(model, "tokenizer", None)
-    h = hashlib.sha256(f"{model!r}|{type(tok).__name__}|{len(tok) if tok is not None else 0}".encode())
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:20]
-
-
-def _encode(model: Any, texts: list[str], kind: str, batch_size: int, prompt: str | None,
-            cache: tuple[Path, str] | None = None):
-    """Unnormalised float32 embeddings; with ``cache=(folder, model fingerprint)`` they are read from
-    (or saved to) ``folder/<hash of fingerprint, kind, prompt and texts>.npy``."""
-    import numpy as np
-    import torch
-
-    path = None
-    if cache is not None:
-        h = hashlib.sha256(f"{cache[1]}|{kind}|{prompt or ''}|{len(texts)}".encode())
-        for t in texts:
-            h.update(t.encode("utf-8", "surrogatepass") + b"\0")
-        path = cache[0] / f"{h.hexdigest()[:32]}.npy"
-        if path.is_file():
-            with contextlib.suppress(Exception):  # a damaged entry is recomputed
-                arr = np.load(path)
-                if arr.shape[0] == len(texts):
-                    return torch.from_numpy(arr)
-    fn = getattr(model, "encode_query" if kind == "query" else "encode_document", None) or model.encode
-    with torch.inference_mode():
-        emb = fn(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False,
-                 prompt=prompt or None, normalize_embeddings=False)
-    emb = emb.float().cpu()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")
-        np.save(tmp, emb.numpy())
-        os.replace(tmp, path)
-    return emb
-
-
-def search(
-    model: Any,
-    data: BeirData,
-    *,
-    top_k: int = 100,
-    dims: Sequence[int | None] = (None,),
-    batch_size: int = 32,
-    query_prompt: str = "",
-    passage_prompt: str = "",
-    cache_dir: Path | None = None,
-) -> dict[int | None, dict[str, dict[str, float]]]:
-    """Dense cosine retrieval of every query's top_k documents, at each dimension (None: full).
-
-    The corpus and queries are encoded once; a Matryoshka dimension d keeps the first d components
-    and re-normalises, which is what sentence-transformers' ``truncate_dim`` + cosine does. With
-    ``cache_dir``, embeddings are cached there by model fingerprint and texts (see ``_encode``).
-    """
-    import torch
-
-    model = _as_model(model)
-    cache = (Path(cache_dir), model_fingerprint(model)) if cache_dir is not None else None
-    doc_ids = list(data.corpus)
-    query_ids = list(data.queries)
-    d_full = _encode(model, [doc_text(data.corpus[i]) for i in doc_ids], "document", batch_size, passage_prompt,
-                     cache)
-    q_full = _encode(model, [data.queries[i] for i in query_ids], "query", batch_size, query_prompt, cache)
-    runs: dict[int | None, dict[str, dict[str, float]]] = {}
-    k = min(top_k, len(doc_ids))
-    for dim in dims:
-        if dim is not None and dim > d_full.shape[1]:
-            raise InputError(f"Matryoshka dimension {dim} is larger than the model's {d_full.shape[1]}")
-        d = torch.nn.functional.normalize(d_full[:, :dim] if dim else d_full, dim=-1)
-        q = torch.nn.functional.normalize(q_full[:, :dim] if dim else q_full, dim=-1)
-        run: dict[str, dict[str, float]] = {}
-        for start in range(0, len(query_ids), 256):
-            sims = q[start:start + 256] @ d.T
-            values, idx = torch.topk(sims, k, dim=1)
-            for row, qid in enumerate(query_ids[start:start + 256]):
-                run[qid] = {doc_ids[j]: float(v) for v, j in zip(values[row].tolist(), idx[row].tolist())}
-        runs[dim] = run
-    return runs
 
 
 def evaluate_model_on_beir(
@@ -328,17 +153,16 @@ class TrainingIndex:
         return index
 
 
-def training_index(run_root: str | Path) -> TrainingIndex | None:
-    """The training texts of a run: the ingest stage's documents and chunks (None when absent)."""
+def training_index(folders: Iterable[Path | None]) -> TrainingIndex | None:
+    """The training texts of a run (the ingest stage's documents and chunks; None when there are none)."""
     import datasets
 
-    ingest = Path(run_root) / "stages" / "ingest"
     index = TrainingIndex()
     found = False
-    for name in ("documents", "chunks"):
-        if (ingest / name).is_dir():
+    for folder in folders:
+        if folder is not None and folder.is_dir():
             found = True
-            ds = datasets.load_from_disk(str(ingest / name))
+            ds = datasets.load_from_disk(str(folder))
             for row in ds.select_columns([c for c in ("title", "text") if c in ds.column_names]):
                 index.add(row["text"])
                 if row.get("title"):
@@ -375,20 +199,6 @@ def contamination(corpus: Mapping[str, Mapping[str, str] | str], index: Training
 
 
 # ------------------------------------------------------------------------------------- MTEB tasks
-
-
-def find_local_folder(task_name: str, root: str | Path | None = None) -> Path | None:
-    """The BEIR folder of an MTEB task under ``$DOMAIN_EMBED_DATA`` (or ``root``), if there is one."""
-    root = Path(root) if root else data_dir()
-    if not root.is_dir():
-        return None
-    candidates = [LOCAL_FOLDERS[task_name]] if task_name in LOCAL_FOLDERS else []
-    key = re.sub(r"[^a-z0-9]", "", task_name.lower())
-    candidates += [p.name for p in sorted(root.iterdir()) if re.sub(r"[^a-z0-9]", "", p.name.lower()) == key]
-    for name in candidates:
-        if (root / name / "corpus.jsonl").is_file():
-            return root / name
-    return None
 
 
 def local_task(task_name: str, folder: str | Path):
@@ -447,7 +257,7 @@ def mteb_encoder(model: Any, model_name: str, revision: str = "local"):
     """Wrap a SentenceTransformer for mteb with a stable name/revision (its results folder)."""
     import mteb
 
-    wrapper = mteb.SentenceTransformerEncoderWrapper(_as_model(model))
+    wrapper = mteb.SentenceTransformerEncoderWrapper(as_model(model))
     name = model_name if "/" in model_name else f"local/{model_name}"
     wrapper.mteb_model_meta = wrapper.mteb_model_meta.model_copy(update={"name": name, "revision": revision})
     return wrapper
@@ -505,8 +315,6 @@ def run_mteb_tasks(
             if result.exceptions:
                 raise RuntimeError(str(result.exceptions[0]))
             tr = result.task_results[0]
-            from trainer.leaderboard import task_main_score
-
             entry.update(status="ok", main_score=task_main_score(tr), seconds=round(time.monotonic() - started, 1),
                          result_file=str(cache.get_task_result_path(name, encoder.mteb_model_meta)))
             if index is not None:  # loaded here, so mteb left it loaded
@@ -530,12 +338,9 @@ def _model_label(name: str) -> str:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from trainer.domains import domain_tasks
-    from trainer.leaderboard import compare, references, write_report
-
     cfg = ctx.cfg
     ev = cfg.evaluate
-    tuned_dir = ctx.upstream_dir("train") / "model"
+    tuned_dir = ctx.input("train", "model")
     if not (tuned_dir / "modules.json").is_file() and not (tuned_dir / "config.json").is_file():
         raise StageError(f"no fine-tuned model at {tuned_dir}; run `python -m trainer train` first")
     ctx.report("evaluate: loading models", 0.0)
@@ -550,17 +355,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     counts: dict[str, Any] = {}
     matryoshka = None
 
-    synthetic = ctx.upstream_dir("mine") / "test_beir"
-    qrels = synthetic / "qrels" / "test.tsv"
+    synthetic = ctx.input("mine", "test_beir")
     if not ev.synthetic_split:
         ctx.log.info("evaluate: held-out synthetic split not scored (evaluate.synthetic_split=false)")
-    elif (synthetic / "corpus.jsonl").is_file() and len(qrels.read_text().splitlines()) <= 1:
+    elif synthetic is None:
+        ctx.log.warning("evaluate: no held-out synthetic split (the mine stage writes it)")
+    elif len((synthetic / "qrels" / "test.tsv").read_text().splitlines()) <= 1:
         ctx.log.warning("evaluate: the held-out synthetic split has no queries (see the mine stage's counts); "
                         "skipping it")
-    elif (synthetic / "corpus.jsonl").is_file():
+    else:
         ctx.report("evaluate: held-out synthetic split", 0.1)
         res = compare_on_beir(base, tuned, synthetic, dims=dims, **kw)
-        write_json_atomic(ctx.dir / "synthetic.json", res)
+        write_json_atomic(ctx.output("synthetic.json"), res)
         rows.append({"task": "synthetic held-out", "kind": "synthetic", "metric": "ndcg_at_10",
                      "base": res["base"].get("ndcg_at_10"), "tuned": res["tuned"].get("ndcg_at_10"),
                      "n_queries": res["n_queries"]})
@@ -568,13 +374,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
             matryoshka = {who: {d: m.get("ndcg_at_10") for d, m in res["matryoshka"][who].items()}
                           for who in ("base", "tuned")}
         counts["synthetic_ndcg_at_10"] = {"base": rows[-1]["base"], "tuned": rows[-1]["tuned"]}
-    else:
-        ctx.log.warning("evaluate: no held-out synthetic split at %s (the mine stage writes it)", synthetic)
 
     if ev.beir_dir:
         ctx.report("evaluate: your BEIR folder", 0.2)
         res = compare_on_beir(base, tuned, ev.beir_dir, split=ev.beir_split, **kw)
-        write_json_atomic(ctx.dir / "beir.json", res)
+        write_json_atomic(ctx.output("beir.json"), res)
         rows.append({"task": f"own: {Path(ev.beir_dir).name}", "kind": "own BEIR", "metric": "ndcg_at_10",
                      "base": res["base"].get("ndcg_at_10"), "tuned": res["tuned"].get("ndcg_at_10"),
                      "n_queries": res["n_queries"]})
@@ -583,8 +387,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     mteb_rows = []
     if ev.mteb and task_names:
         ctx.report(f"evaluate: {len(task_names)} MTEB tasks, base model", 0.3)
-        index = training_index(ctx.run_dir.root)
-        common = {"output_dir": ctx.dir / "mteb", "batch_size": ev.batch_size}
+        index = training_index([ctx.input("ingest", "documents"), ctx.input("ingest", "chunks")])
+        common = {"output_dir": ctx.output("mteb"), "batch_size": ev.batch_size}
         base_res = run_mteb_tasks(base, task_names, model_name=_model_label(cfg.model.name), revision="base",
                                   index=index, **common)
         ctx.report(f"evaluate: {len(task_names)} MTEB tasks, tuned model", 0.6)
@@ -613,6 +417,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     report["contaminated"] = {r["task"]: r["contamination"]["fraction"] for r in mteb_rows
                               if r.get("contamination") and r["contamination"]["fraction"] > 0}
     report["models"] = {"base": cfg.model.name, "tuned": str(tuned_dir)}
+    if ev.mteb and task_names:  # the tuned model's mteb result files, for the leaderboard submission
+        mteb_dir = ctx.output("mteb").resolve()
+        report["result_files"] = {
+            name: str(Path(tuned_res[name]["result_file"]).resolve().relative_to(mteb_dir))
+            for name in task_names if tuned_res[name].get("result_file")}
     write_report(report, ctx.dir, title=f"Evaluation: {cfg.domain}")
     if report["regressions"]:
         ctx.log.warning("evaluate: tuned model is worse than its base on %s",
@@ -639,14 +448,9 @@ def _folder_key(path: Path) -> str:
 
 
 def _inputs(cfg: Config) -> dict[str, str]:
-    from trainer.leaderboard import default_results_dir
-
     out = {"data_dir": str(data_dir())}
-    synthetic = Path(cfg.run.dir) / "stages" / "mine" / "test_beir"
-    if synthetic.is_dir():
-        out["synthetic"] = fingerprint_dir(synthetic)
     if cfg.evaluate.beir_dir and Path(cfg.evaluate.beir_dir).is_dir():
-        out["beir_dir"] = fingerprint_dir(Path(cfg.evaluate.beir_dir))
+        out["beir_dir"] = fingerprint(Path(cfg.evaluate.beir_dir))
     results = default_results_dir(cfg.evaluate.results_dir) / "results"
     if results.is_dir():
         out["results_dir"] = _folder_key(results)
@@ -657,8 +461,11 @@ STAGE = Stage(
     name="evaluate",
     run=run,
     sections=("domain", "model", "train.matryoshka_dims", "evaluate"),
-    upstream=("train",),
-    inputs=_inputs,
+    reads=(Input("train", "model"), Input("mine", "test_beir", optional=True),
+           Input("ingest", "documents", optional=True), Input("ingest", "chunks", optional=True)),
+    writes=("report.json", "report.md"),
+    may_write=("synthetic.json", "beir.json", "mteb", "plots"),
+    external=_inputs,
     version="1",
     help="Base vs tuned: held-out synthetic split, your BEIR folder, MTEB tasks, leaderboard references.",
 )

@@ -34,7 +34,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -43,18 +42,21 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trainer.beir import BeirData, doc_text, load_beir, read_jsonl, sample
 from trainer.chunking import passage_text
 from trainer.config import Config
+from trainer.domains import get_domain
 from trainer.errors import InputError, StageError
+from trainer.files import atomic_dir, fingerprint, write_json_atomic
 from trainer.metrics import evaluate_run
-from trainer.paths import data_dir, data_path
-from trainer.rundir import Stage, StageContext, fingerprint_dir, write_json_atomic
+from trainer.paths import data_dir, data_path, find_local_folder
+from trainer.retrieval import encode, search
+from trainer.rundir import Input, Stage, StageContext
 
 FP32_FILE = "onnx/model.onnx"
 INT8_CONFIGS = ("avx512_vnni", "avx512", "avx2", "arm64")
@@ -153,10 +155,7 @@ def export_onnx(
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.backend import export_dynamic_quantized_onnx_model, export_optimized_onnx_model
 
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with _quiet_backend():
+    with atomic_dir(Path(out_dir)) as tmp, _quiet_backend():
         model = SentenceTransformer(str(model_dir), backend="onnx", device="cpu", model_kwargs={"export": True})
         model.save_pretrained(str(tmp))
         files = {"fp32": FP32_FILE}
@@ -166,31 +165,16 @@ def export_onnx(
         if optimize:
             export_optimized_onnx_model(model, optimize, str(tmp))
             files["optimized"] = f"onnx/model_{optimize}.onnx"
-    missing = [f for f in files.values() if not (tmp / f).is_file()]
-    if missing:
-        raise StageError(f"ONNX export of {model_dir} did not write {', '.join(missing)} (found: "
-                         f"{', '.join(sorted(p.name for p in tmp.glob('onnx/*')))}); check the optimum and "
-                         "sentence-transformers versions against requirements.txt")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+        missing = [f for f in files.values() if not (tmp / f).is_file()]
+        if missing:
+            raise StageError(f"ONNX export of {model_dir} did not write {', '.join(missing)} (found: "
+                             f"{', '.join(sorted(p.name for p in tmp.glob('onnx/*')))}); check the optimum and "
+                             "sentence-transformers versions against requirements.txt")
     return files
 
 
 # ---------------------------------------------------------------------------------------------------
 # Parity data
-
-
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if line:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict):
-                    yield row
 
 
 def _resolve_location(spec: str) -> Path:
@@ -202,31 +186,39 @@ def _resolve_location(spec: str) -> Path:
     return path
 
 
+def _domain_folder(cfg: Config) -> Path | None:
+    """The local BEIR folder of the domain's parity task (trainer.domains), when it is present."""
+    task = get_domain(cfg.domain).parity_task
+    return find_local_folder(task) if task else None
+
+
 def _parity_source(cfg: Config) -> Path | None:
-    """Where parity passages come from: the setting, else SciFact's corpus, else None (the run's chunks)."""
+    """Where parity passages come from: the setting, else the domain's parity task corpus, else None (the
+    run's chunks)."""
     if cfg.export.parity_corpus:
         return _resolve_location(cfg.export.parity_corpus)
-    scifact = data_dir() / "scifact" / "corpus.jsonl"
-    return scifact if scifact.is_file() else None
+    folder = _domain_folder(cfg)
+    return folder / "corpus.jsonl" if folder is not None else None
 
 
-def parity_passages(cfg: Config, run_root: Path, n: int) -> tuple[list[str], str]:
-    """``n`` real passages (seeded sample), and where they came from."""
+def parity_passages(cfg: Config, chunks: Path | None, n: int) -> tuple[list[str], str]:
+    """``n`` real passages (seeded sample) and where they came from: ``export.parity_corpus``, the domain's
+    parity corpus, else the run's ingest ``chunks``."""
     source = _parity_source(cfg)
     if source is not None:
         file = source / "corpus.jsonl" if source.is_dir() else source
         if not file.is_file():
             raise InputError(f"export.parity_corpus {source}: no corpus.jsonl there")
-        texts = [passage_text(r.get("title"), str(r.get("text") or "")) for r in _read_jsonl(file)]
+        texts = [doc_text({"title": r.get("title") or "", "text": str(r.get("text") or "")}) for r in read_jsonl(file)]
         label = str(file)
     else:
         import datasets
 
-        chunks = run_root / "stages" / "ingest" / "chunks"
-        if not chunks.is_dir():
+        if chunks is None:
             raise InputError(
-                f"no passages for the ONNX parity check: {data_dir() / 'scifact'} is absent and the run has no "
-                f"ingest chunks at {chunks}; set export.parity_corpus to a BEIR folder or .jsonl file"
+                f"no passages for the ONNX parity check: the {cfg.domain} domain has no local evaluation corpus "
+                f"under {data_dir()} and the run has no ingest chunks; set export.parity_corpus to a BEIR folder "
+                "or .jsonl file"
             )
         ds = datasets.load_from_disk(str(chunks))
         texts = [passage_text(t, x) for t, x in zip(ds["title"], ds["text"], strict=True)]
@@ -247,85 +239,32 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / np.maximum(denom, 1e-12)
 
 
-def encode(model: Any, texts: list[str], batch_size: int = 32, prompt: str = "") -> np.ndarray:
-    return np.asarray(model.encode(texts, batch_size=batch_size, prompt=prompt or None, convert_to_numpy=True,
-                                   show_progress_bar=False), dtype=np.float32)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Retrieval check
 
 
-@dataclass
-class RetrievalTask:
-    name: str
-    corpus: dict[str, str]  # doc id -> passage text
-    queries: dict[str, str]  # query id -> text
-    qrels: dict[str, dict[str, int]]
-
-
 def load_retrieval_task(
     folder: str | Path, split: str = "test", *, max_queries: int = 300, max_corpus: int = 2000, seed: int = 42
-) -> RetrievalTask:
-    """A BEIR folder, sub-sampled: ``max_queries`` judged queries, their judged documents, and other
-    documents up to ``max_corpus`` (seeded)."""
-    folder = Path(folder)
-    needed = ["corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"]
-    missing = [p for p in needed if not (folder / p).is_file()]
-    if missing:
-        raise InputError(f"{folder} is not a BEIR folder for the int8 retrieval check: missing {', '.join(missing)}; "
-                         "set export.retrieval_check to a folder with corpus.jsonl, queries.jsonl and "
-                         f"qrels/{split}.tsv, or to 'off'")
-    qrels: dict[str, dict[str, int]] = {}
-    with (folder / "qrels" / f"{split}.tsv").open(encoding="utf-8") as fh:
-        for line in fh:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 3 or not parts[2].lstrip("-").isdigit():
-                continue  # header or a bad line
-            qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
-    queries = {str(r["_id"]): str(r.get("text") or "") for r in _read_jsonl(folder / "queries.jsonl") if "_id" in r}
-    corpus = {str(r["_id"]): passage_text(r.get("title"), str(r.get("text") or ""))
-              for r in _read_jsonl(folder / "corpus.jsonl") if "_id" in r}
-    judged = sorted(q for q, rels in qrels.items()
-                    if q in queries and queries[q] and any(v > 0 and d in corpus for d, v in rels.items()))
-    if not judged:
-        raise InputError(f"{folder}: no query in qrels/{split}.tsv has a relevant document in corpus.jsonl")
-    rng = random.Random(seed)
-    if len(judged) > max_queries:
-        judged = sorted(rng.sample(judged, max_queries))
-    keep = {d for q in judged for d in qrels[q] if d in corpus}
-    others = sorted(set(corpus) - keep)
-    room = max(0, max_corpus - len(keep))
-    keep |= set(rng.sample(others, min(room, len(others))))
-    return RetrievalTask(
-        name=folder.name,
-        corpus={d: corpus[d] for d in sorted(keep)},
-        queries={q: queries[q] for q in judged},
-        qrels={q: {d: v for d, v in qrels[q].items() if d in keep} for q in judged},
-    )
+) -> BeirData:
+    """A BEIR folder, sub-sampled (:func:`trainer.beir.sample`) for the int8 check."""
+    try:
+        data = load_beir(folder, split)
+    except InputError as exc:
+        raise InputError(f"{exc}; set export.retrieval_check to such a folder, or to 'off'") from None
+    return sample(data, max_queries=max_queries, max_corpus=max_corpus, seed=seed)
 
 
 def retrieval_ndcg(
-    model: Any, task: RetrievalTask, *, batch_size: int = 32, query_prompt: str = "", passage_prompt: str = "",
+    model: Any, task: BeirData, *, batch_size: int = 32, query_prompt: str = "", passage_prompt: str = "",
     top_k: int = 100,
 ) -> float:
     """nDCG@10 of ``model`` on ``task`` (cosine similarity, exact search)."""
-    doc_ids = list(task.corpus)
-    q_ids = list(task.queries)
-    d_emb = encode(model, [task.corpus[d] for d in doc_ids], batch_size, passage_prompt)
-    q_emb = encode(model, [task.queries[q] for q in q_ids], batch_size, query_prompt)
-    d_emb /= np.maximum(np.linalg.norm(d_emb, axis=1, keepdims=True), 1e-12)
-    q_emb /= np.maximum(np.linalg.norm(q_emb, axis=1, keepdims=True), 1e-12)
-    scores = q_emb @ d_emb.T
-    k = min(top_k, len(doc_ids))
-    run: dict[str, dict[str, float]] = {}
-    for i, q in enumerate(q_ids):
-        top = np.argpartition(-scores[i], k - 1)[:k]
-        run[q] = {doc_ids[j]: float(scores[i, j]) for j in top}
+    run = search(model, task, top_k=top_k, batch_size=batch_size, query_prompt=query_prompt,
+                 passage_prompt=passage_prompt)[None]
     return evaluate_run(run, task.qrels, k_values=(10,)).get("ndcg_at_10", 0.0)
 
 
-def _retrieval_folder(cfg: Config, run_root: Path) -> tuple[Path | None, str, str]:
+def _retrieval_folder(cfg: Config, synthetic: Path | None) -> tuple[Path | None, str, str]:
     """(folder, split, why) for the int8 retrieval check; folder None when there is none (or 'off')."""
     e = cfg.export
     if e.retrieval_check == "off":
@@ -334,13 +273,13 @@ def _retrieval_folder(cfg: Config, run_root: Path) -> tuple[Path | None, str, st
         return _resolve_location(e.retrieval_check), e.retrieval_split, "export.retrieval_check"
     if cfg.evaluate.beir_dir:
         return _resolve_location(cfg.evaluate.beir_dir), cfg.evaluate.beir_split, "evaluate.beir_dir"
-    shared = data_dir() / ("aila_statutes" if cfg.domain == "legal" else "scifact")
-    if (shared / "qrels" / f"{e.retrieval_split}.tsv").is_file():
+    shared = _domain_folder(cfg)
+    if shared is not None and (shared / "qrels" / f"{e.retrieval_split}.tsv").is_file():
         return shared, e.retrieval_split, f"the {cfg.domain} domain's shared set"
-    synthetic = run_root / "stages" / "mine" / "test_beir"
-    if (synthetic / "qrels" / "test.tsv").is_file():
+    if synthetic is not None and (synthetic / "qrels" / "test.tsv").is_file():
         return synthetic, "test", "the run's synthetic test split"
-    return None, e.retrieval_split, f"no BEIR folder found (looked for {shared} and {synthetic})"
+    return None, e.retrieval_split, (f"no BEIR folder found (the {cfg.domain} domain has no local set under "
+                                     f"{data_dir()}, and the run has no synthetic test split)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -348,7 +287,7 @@ def _retrieval_folder(cfg: Config, run_root: Path) -> tuple[Path | None, str, st
 
 
 def _model_dir(ctx: StageContext) -> Path:
-    path = ctx.upstream_dir("train") / "model"
+    path = ctx.input("train", "model")
     if not (path / "modules.json").is_file():
         raise StageError(f"the train stage left no sentence-transformers model at {path} (no modules.json); "
                          "re-run it with `python -m trainer train --force`")
@@ -396,16 +335,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # 2. fp32 parity (and int8 / optimized cosine, for information) on real passages
     ctx.report("export: parity check", 0.2)
-    passages, source = parity_passages(cfg, ctx.run_dir.root, e.parity_passages)
+    passages, source = parity_passages(cfg, ctx.input("ingest", "chunks"), e.parity_passages)
     torch_model = SentenceTransformer(str(model_dir), device="cpu")
-    reference = encode(torch_model, passages, e.batch_size)
+    reference = encode(torch_model, passages, batch_size=e.batch_size)
     counts.update(parity_passages=len(passages), parity_source=source)
     onnx_models = {}
     full_dim = reference.shape[1]
     dims = sorted({d for d in cfg.train.matryoshka_dims if 0 < d < full_dim}, reverse=True)
     for kind, file in files.items():
         onnx_models[kind] = load_onnx(staged, file)
-        got = encode(onnx_models[kind], passages, e.batch_size)
+        got = encode(onnx_models[kind], passages, batch_size=e.batch_size)
         cos = cosines(reference, got)
         counts[f"{kind}_min_cosine"] = round(float(cos.min()), 6)
         counts[f"{kind}_mean_cosine"] = round(float(cos.mean()), 6)
@@ -428,7 +367,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # 3. int8 retrieval quality vs PyTorch
     if "int8" in files:
-        folder, split, why = _retrieval_folder(cfg, ctx.run_dir.root)
+        folder, split, why = _retrieval_folder(cfg, ctx.input("mine", "test_beir"))
         if folder is None:
             ctx.log.warning("export: int8 retrieval check skipped: %s", why)
             counts["retrieval_check"] = f"skipped: {why}"
@@ -446,9 +385,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
                           **{"torch_ndcg@10": round(torch_ndcg, 5), "int8_ndcg@10": round(int8_ndcg, 5)},
                           int8_ndcg_drop_points=drop)
             ctx.log.info("export: nDCG@10 on %s (%d queries, %d docs): PyTorch %.4f, int8 %.4f (drop %.2f points)",
-                         task.name, len(task.queries), len(task.corpus), torch_ndcg, int8_ndcg, drop)
+                         folder.name, len(task.queries), len(task.corpus), torch_ndcg, int8_ndcg, drop)
             _check(drop <= e.max_ndcg_drop,
-                   f"int8 ({files['int8']}) loses {drop:.2f} nDCG@10 points vs PyTorch on {task.name} (more than "
+                   f"int8 ({files['int8']}) loses {drop:.2f} nDCG@10 points vs PyTorch on {folder.name} (more than "
                    f"export.max_ndcg_drop={e.max_ndcg_drop}). Try another export.int8_config or set export.int8=false.",
                    ctx, warnings)
 
@@ -456,38 +395,28 @@ def run(ctx: StageContext) -> dict[str, Any]:
     counts["warnings"] = warnings
 
     # 4. publish the outputs
-    dest = ctx.dir / "onnx"
+    dest = ctx.output("onnx")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(staged, dest)
-    write_json_atomic(ctx.dir / "parity.json", {"model": str(model_dir), **counts})
+    write_json_atomic(ctx.output("parity.json"), {"model": str(model_dir), **counts})
     ctx.log.info("export: %s ready; load it with SentenceTransformer(%r, backend='onnx', "
                  "model_kwargs={'file_name': 'onnx/model.onnx'}) or serve it with `python -m trainer.serve --model %s`",
                  dest, str(dest), dest)
     return counts
 
 
-def _fingerprint_path(path: Path) -> str:
-    if path.is_dir():
-        return fingerprint_dir(path)
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _inputs(cfg: Config) -> dict[str, str]:
-    """Fingerprints of the parity passages and the retrieval folder (when outside the run)."""
+    """Fingerprints of the parity passages and the retrieval folder outside the run (the run's own chunks
+    and synthetic split are declared reads)."""
     out: dict[str, str] = {}
-    run_root = Path(cfg.run.dir)
     with contextlib.suppress(InputError):
         source = _parity_source(cfg)
         if source is not None:
-            out["parity_corpus"] = f"{source}:{_fingerprint_path(source)}"
+            out["parity_corpus"] = f"{source}:{fingerprint(source)}"
         with contextlib.suppress(OSError):
-            folder, split, _ = _retrieval_folder(cfg, run_root)
-            if folder is not None and run_root.resolve() not in folder.resolve().parents:
-                out["retrieval"] = f"{folder}:{split}:{_fingerprint_path(folder)}"
+            folder, split, _ = _retrieval_folder(cfg, None)
+            if folder is not None:
+                out["retrieval"] = f"{folder}:{split}:{fingerprint(folder)}"
     return out
 
 
@@ -496,14 +425,16 @@ STAGE = Stage(
     run=run,
     sections=("export", "domain", "run.seed", "model.query_prompt", "model.passage_prompt",
               "train.matryoshka_dims", "evaluate.beir_dir", "evaluate.beir_split"),
-    upstream=("train",),
-    inputs=_inputs,
+    reads=(Input("train", "model"), Input("ingest", "chunks", optional=True),
+           Input("mine", "test_beir", optional=True)),
+    may_write=("onnx", "parity.json"),  # nothing when export.onnx is false
+    external=_inputs,
     version="1",
     help="Export the trained model to ONNX (fp32 + int8 for this CPU) and check parity with PyTorch: cosine on "
     "real passages (fp32), nDCG@10 on a retrieval task (int8).",
 )
 
 __all__ = [
-    "FP32_FILE", "STAGE", "RetrievalTask", "cosines", "export_onnx", "int8_file_name", "load_onnx",
+    "FP32_FILE", "STAGE", "cosines", "export_onnx", "int8_file_name", "load_onnx",
     "load_retrieval_task", "parity_passages", "pick_int8_config", "retrieval_ndcg",
 ]

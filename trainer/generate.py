@@ -34,13 +34,17 @@ from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
+from hub_cards.synthetic import synthetic_card
 from trainer._faults import crash_point
 from trainer.config import QUERY_TYPES, Config
 from trainer.dataset_io import save_rows
 from trainer.errors import StageError
+from trainer.files import sha256_file
 from trainer.llm_client import ChatClient, EndpointError
+from trainer.llm_server import LocalLLMServer
+from trainer.models import GENERATORS, resolve_generator, resolve_model
 from trainer.prompts import JUDGE_FIELDS, JUDGE_SCHEMA, PROMPT_VERSION, QUERY_SCHEMA, judge_messages, query_messages
-from trainer.rundir import Stage, StageContext
+from trainer.rundir import Input, Stage, StageContext
 
 _FORBIDDEN = re.compile(
     r"\b(the|this|that|above|given|following|provided)\s+(passage|text|article|document|excerpt|paragraph|"
@@ -313,7 +317,6 @@ def generator_identity(cfg: Config) -> str:
     g = cfg.generate
     if g.endpoint:
         return f"endpoint:{g.endpoint.rstrip('/')}|{g.model}"
-    from trainer.models import GENERATORS, resolve_generator, sha256_file
 
     if g.generator in GENERATORS:
         return f"gguf:{g.generator}:{GENERATORS[g.generator][1][:16]}"
@@ -436,12 +439,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import datasets
     from tqdm.auto import tqdm
 
-    from trainer.llm_server import LocalLLMServer
-    from trainer.models import resolve_generator, resolve_model
 
     datasets.disable_progress_bars()
     cfg, g = ctx.cfg, ctx.cfg.generate
-    chunks = datasets.load_from_disk(str(ctx.upstream_dir("ingest") / "chunks")).to_list()
+    chunks = datasets.load_from_disk(str(ctx.input("ingest", "chunks"))).to_list()
     by_id = {c["chunk_id"]: c for c in chunks}
     tasks = plan_tasks(chunks, cfg)
     if not tasks:
@@ -549,7 +550,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "prompt_version": PROMPT_VERSION,
             "task_id": t.task_id,
         })
-    with (ctx.dir / "rejected.jsonl").open("w", encoding="utf-8") as fh:
+    with ctx.output("rejected.jsonl").open("w", encoding="utf-8") as fh:
         for r in rejected:
             fh.write(json.dumps(r) + "\n")
     reasons = Counter(r["reason"].split(":")[0] if r["reason"].startswith("invalid_output") else r["reason"]
@@ -577,15 +578,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise StageError(
             f"no usable queries: all {len(rejected)} outputs were rejected "
             f"({', '.join(f'{k}: {v}' for k, v in counts['rejected_by_reason'].items())}); see "
-            f"{ctx.dir / 'rejected.jsonl'}. Try a larger generator (generate.generator) or an endpoint."
+            f"{ctx.output('rejected.jsonl')}. Try a larger generator (generate.generator) or an endpoint."
         )
-    save_rows(rows, ctx.dir / "queries", _QUERY_FEATURES)
+    save_rows(rows, ctx.output("queries"), _QUERY_FEATURES)
     for row in rows[:5]:
         passage = " ".join(row["hop_contexts"][0].split())[:120]
         ctx.log.info("sample [%s] %s  <-  %s", row["type"], row["query"], passage)
-    from hub_cards.synthetic import synthetic_card
 
-    (ctx.dir / "README.md").write_text(str(synthetic_card(cfg, counts)), encoding="utf-8")
+    ctx.output("README.md").write_text(str(synthetic_card(cfg, counts)), encoding="utf-8")
     return counts
 
 
@@ -614,8 +614,9 @@ STAGE = Stage(
         "generate.dedupe_similarity", "generate.max_copy_fraction", "generate.min_query_words",
         "generate.max_query_words", "generate.max_queries", "generate.max_minutes",
     ),
-    upstream=("ingest",),
-    inputs=_inputs,
+    reads=(Input("ingest", "chunks"),),
+    writes=("queries", "rejected.jsonl", "README.md"),
+    external=_inputs,
     version="2",
     help="Write synthetic queries for the chunks with an LLM (TGI endpoint, or the embedded llama.cpp server).",
 )

@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from hub_cards.corpus import corpus_card
 from trainer._faults import crash_point
 from trainer.chunking import Chunker
 from trainer.config import Config
@@ -155,7 +156,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "ingest: %d inputs skipped (see %s):\n%s", len(skips), ctx.dir / "skipped.jsonl", _summary(skips)
         )
 
-    from hub_cards.corpus import corpus_card
 
     card = corpus_card(cfg, {k: v for k, v in counts.items() if k not in ("shards", "shards_reused")})
     (ctx.dir / "README.md").write_text(str(card), encoding="utf-8")
@@ -170,7 +170,8 @@ STAGE = Stage(
     name="ingest",
     run=run,
     sections=("domain", "model.name", "model.max_seq_length", "ingest"),
-    inputs=_inputs,
+    writes=("documents", "chunks", "skipped.jsonl", "README.md"),
+    external=_inputs,
     version="1",
     help="Read the corpus (folder, BEIR, saved dataset, Hub, built-in), skip bad input, chunk by sentences.",
 )

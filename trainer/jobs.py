@@ -29,6 +29,7 @@ from pathlib import Path
 from trainer._process import pid_alive
 from trainer.config import Config
 from trainer.errors import TrainerError
+from trainer.files import write_text_atomic
 from trainer.logs import redact
 from trainer.paths import REPO_ROOT
 
@@ -55,9 +56,7 @@ class JobManager:
     # --- state ---------------------------------------------------------------------------------
 
     def _save(self, job: Job) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(job)))
-        os.replace(tmp, self.state_path)
+        write_text_atomic(self.state_path, json.dumps(asdict(job)))
 
     def current(self) -> Job | None:
         """The latest job, its status refreshed (a dead 'running' job becomes finished/failed)."""

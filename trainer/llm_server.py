@@ -27,17 +27,13 @@ from pathlib import Path
 
 from trainer._process import stop_group
 from trainer.errors import TrainerError
+from trainer.files import free_port
 from trainer.logs import get_logger
 
 
 class ServerError(TrainerError):
     """The embedded LLM server could not start or died."""
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port_free(port: int) -> bool:
@@ -104,7 +100,7 @@ class LocalLLMServer:
         if not self.model_path.is_file():
             raise ServerError(f"generator weights not found: {self.model_path}")
         if self.port is None or not _port_free(self.port):  # a restart keeps its port if it can
-            self.port = _free_port()
+            self.port = free_port()
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_TOKEN", "HUGGING"))}
         self.proc = subprocess.Popen(

@@ -24,7 +24,7 @@ How it works:
    Candidates are retrieved from the training documents only, so no text of a test document is
    trained on, not even as a negative.
 2. **Candidates**: exact dense search with the base model (normalized embeddings; faiss above
-   ``FAISS_MIN_CHUNKS`` passages) and BM25 (bm25s), ``mine.candidates`` each, fused by reciprocal
+   ``trainer.retrieval.FAISS_MIN_DOCS`` passages) and BM25 (bm25s), ``mine.candidates`` each, fused by reciprocal
    rank (``rrf``) or an alternating ``union`` (``mine.mode=hybrid``); or one of them alone.
 3. **False-negative guard**, in this order, every candidate counted under the first rule it fails:
    a positive of the query; a chunk of a positive's document (``mine.exclude_positive_documents``);
@@ -50,9 +50,7 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -64,14 +62,15 @@ from typing import Any
 import numpy as np
 
 from trainer._faults import crash_point
+from trainer.beir import write_beir
 from trainer.chunking import passage_text
 from trainer.config import Config
 from trainer.errors import InputError
-from trainer.models import resolve_model
-from trainer.rundir import Stage, StageContext
+from trainer.files import atomic_dir
+from trainer.retrieval import cached_encode, encode, exact_search, load_model
+from trainer.rundir import Input, Stage, StageContext
 
 EMBED_BLOCK = 4096  # passages per cached embedding block: the unit a killed run resumes from
-FAISS_MIN_CHUNKS = 50_000  # from this many passages on, exact search runs on a faiss IndexFlatIP
 RRF_K = 60  # the usual reciprocal-rank-fusion constant
 WIDEN_FACTOR = 10  # a query short of negatives is retried once with this many times the candidates
 REQUIRED_QUERY_COLUMNS = ("query_id", "query", "positive_chunk_ids")
@@ -180,28 +179,8 @@ def fuse(dense: Sequence[int], lexical: Sequence[int], how: str) -> list[int]:
 
 
 def dense_search(queries: np.ndarray, passages: np.ndarray, k: int) -> list[list[int]]:
-    """Exact top-k by inner product (cosine, as embeddings are normalized), best first, ties by index."""
-    k = min(k, len(passages))
-    if k <= 0 or len(queries) == 0:
-        return [[] for _ in range(len(queries))]
-    if len(passages) >= FAISS_MIN_CHUNKS:
-        import faiss
-
-        index = faiss.IndexFlatIP(passages.shape[1])
-        index.add(np.ascontiguousarray(passages, dtype=np.float32))
-        _, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return [[int(i) for i in row if i >= 0] for row in idx]
-    out: list[list[int]] = []
-    for start in range(0, len(queries), 256):
-        sims = queries[start:start + 256] @ passages.T
-        if k < sims.shape[1]:
-            part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(sims.shape[1]), sims.shape).copy()
-        top = np.take_along_axis(sims, part, axis=1)
-        order = np.lexsort((part, -top), axis=1)
-        out.extend(np.take_along_axis(part, order, axis=1).tolist())
-    return out
+    """Exact top-k passage indices by cosine (normalized embeddings), best first, ties by index."""
+    return exact_search(queries, passages, k)[0]
 
 
 class BM25Index:
@@ -260,12 +239,8 @@ class Query:
 def load_inputs(ctx: StageContext):
     import datasets
 
-    chunks_dir = ctx.upstream_dir("ingest") / "chunks"
-    queries_dir = ctx.upstream_dir("generate") / "queries"
-    for path, stage in ((chunks_dir, "ingest"), (queries_dir, "generate")):
-        if not path.is_dir():
-            raise InputError(f"{path} is missing: the {stage} stage's output was moved or deleted; "
-                             f"re-run it (`python -m trainer run --to mine`)")
+    chunks_dir = ctx.input("ingest", "chunks")
+    queries_dir = ctx.input("generate", "queries")
     chunks = datasets.load_from_disk(str(chunks_dir))
     queries = datasets.load_from_disk(str(queries_dir))
     missing = [c for c in REQUIRED_QUERY_COLUMNS if c not in queries.column_names]
@@ -323,39 +298,18 @@ class Encoder:
     @property
     def model(self):
         if self._model is None:
-            from sentence_transformers import SentenceTransformer
-
-            self._model = SentenceTransformer(resolve_model(self.cfg.model.name))
-            if self.cfg.model.max_seq_length:
-                self._model.max_seq_length = self.cfg.model.max_seq_length
+            self._model = load_model(self.cfg.model.name, self.cfg.model.max_seq_length)
         return self._model
 
-    def encode(self, texts: list[str], prompt: str) -> np.ndarray:
-        emb = self.model.encode(
-            texts, prompt=prompt or None, batch_size=self.cfg.mine.batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=False,
-        )
-        return np.asarray(emb, dtype=np.float32)
+    def encode(self, texts: list[str], kind: str, prompt: str) -> np.ndarray:
+        return encode(self.model, texts, kind, batch_size=self.cfg.mine.batch_size, prompt=prompt, normalize=True)
 
 
 def embed_cached(texts: list[str], folder: Path, encode: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
-    """Embed in blocks of EMBED_BLOCK, each saved atomically under ``folder``; returns (embeddings, blocks reused)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    blocks, reused = [], 0
-    for b, start in enumerate(range(0, len(texts), EMBED_BLOCK)):
-        part = texts[start:start + EMBED_BLOCK]
-        path = folder / f"{b:05d}.npy"
-        arr = np.load(path) if path.is_file() else None
-        if arr is not None and arr.shape[0] == len(part):
-            reused += 1
-        else:
-            arr = encode(part)
-            tmp = folder / f"{b:05d}.partial.npy"
-            np.save(tmp, arr)
-            os.replace(tmp, path)
-        blocks.append(arr)
-        crash_point(f"mine.embed.{folder.name}.{b + 1}")
-    return (np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)), reused
+    """Embed in blocks of EMBED_BLOCK cached under ``folder`` (in _work: the base model and prompts are part of the
+    stage key); returns (embeddings, blocks reused)."""
+    return cached_encode(texts, encode, folder, folder.name, block=EMBED_BLOCK,
+                         on_block=lambda b: crash_point(f"mine.embed.{folder.name}.{b}"))
 
 
 # ---------------------------------------------------------------- outputs
@@ -364,36 +318,20 @@ def embed_cached(texts: list[str], folder: Path, encode: Callable[[list[str]], n
 def _save_dataset(columns: dict[str, list], features, dest: Path) -> None:
     import datasets
 
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     ds = datasets.Dataset.from_dict(columns, features=features)
-    # num_shards=1: datasets 5 writes an empty dataset with no shard at all, which load_from_disk rejects
-    ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    with atomic_dir(dest) as tmp:
+        # num_shards=1: datasets 5 writes an empty dataset with no shard at all, which load_from_disk rejects
+        ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)
 
 
-def write_beir(dest: Path, chunks, test: list[Query], chunk_ids: Sequence[str]) -> int:
-    """corpus.jsonl (every chunk), queries.jsonl and qrels/test.tsv; returns the number of qrels."""
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "qrels").mkdir(parents=True)
-    with (tmp / "corpus.jsonl").open("w", encoding="utf-8") as fh:
-        for cid, title, text in zip(chunks["chunk_id"], chunks["title"], chunks["text"]):
-            fh.write(json.dumps({"_id": cid, "title": title or "", "text": text}, ensure_ascii=False) + "\n")
-    n = 0
-    with (tmp / "queries.jsonl").open("w", encoding="utf-8") as qf, \
-            (tmp / "qrels" / "test.tsv").open("w", encoding="utf-8") as rf:
-        rf.write("query-id\tcorpus-id\tscore\n")
-        for q in test:
-            qf.write(json.dumps({"_id": q.query_id, "text": q.text, "metadata": {"type": q.type, "hops": q.hops}},
-                                ensure_ascii=False) + "\n")
-            for p in q.positives:
-                rf.write(f"{q.query_id}\t{chunk_ids[p]}\t1\n")
-                n += 1
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    return n
+def write_test_beir(dest: Path, chunks, test: list[Query], chunk_ids: Sequence[str]) -> int:
+    """The held-out split as BEIR: every chunk, the test queries and their positives; returns the number of qrels."""
+    corpus = {cid: {"title": title or "", "text": text}
+              for cid, title, text in zip(chunks["chunk_id"], chunks["title"], chunks["text"])}
+    queries = {q.query_id: q.text for q in test}
+    qrels = {q.query_id: {chunk_ids[p]: 1 for p in q.positives} for q in test}
+    meta = {q.query_id: {"type": q.type, "hops": q.hops} for q in test}
+    return write_beir(dest, corpus, queries, qrels, query_metadata=meta)
 
 
 def plot_scores(path: Path, positive: Sequence[float], negative: Sequence[float], title: str) -> None:
@@ -445,8 +383,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                          "another corpus or chunking; re-run generate (`python -m trainer run --to mine`)")
     _save_dataset({"doc_id": all_docs, "split": ["test" if d in test_docs else "train" for d in all_docs]},
                   datasets.Features({"doc_id": datasets.Value("string"), "split": datasets.Value("string")}),
-                  ctx.dir / "split")
-    n_qrels = write_beir(ctx.dir / "test_beir", chunks, test, chunk_ids)
+                  ctx.output("split"))
+    n_qrels = write_test_beir(ctx.output("test_beir"), chunks, test, chunk_ids)
     ctx.report(f"mine: {len(train)} train / {len(test)} test queries", 0.05)
 
     # 2. candidates over the training documents' chunks
@@ -457,10 +395,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     pool_doc = [chunk_doc[i] for i in pool]
     encoder = Encoder(cfg)
     p_emb, p_reused = embed_cached(passages, ctx.work / "passages",
-                                   lambda t: encoder.encode(t, cfg.model.passage_prompt))
+                                   lambda t: encoder.encode(t, "document", cfg.model.passage_prompt))
     ctx.report("mine: passages embedded", 0.6)
     q_emb, q_reused = embed_cached([q.text for q in train], ctx.work / "queries",
-                                   lambda t: encoder.encode(t, cfg.model.query_prompt))
+                                   lambda t: encoder.encode(t, "query", cfg.model.query_prompt))
     use_dense, use_bm25 = mc.mode in ("hybrid", "dense"), mc.mode in ("hybrid", "bm25")
     bm25 = BM25Index(passages) if use_bm25 and train else None
 
@@ -554,12 +492,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
             meta["type"].append(q.type)
             meta["hops"].append(q.hops)
     string = datasets.Value("string")
-    _save_dataset(cols, datasets.Features({c: string for c in cols}), ctx.dir / "train")
+    _save_dataset(cols, datasets.Features({c: string for c in cols}), ctx.output("train"))
     _save_dataset(meta, datasets.Features({
         "query_id": string, "positive_id": string, "positive_score": datasets.Value("float32"),
         "negative_ids": datasets.List(string), "negative_scores": datasets.List(datasets.Value("float32")),
         "type": string, "hops": datasets.Value("int32"),
-    }), ctx.dir / "train_meta")
+    }), ctx.output("train_meta"))
 
     filter_counts: Counter = Counter()
     for c in drops_by_query.values():
@@ -580,8 +518,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "scores": {"positive": distribution(pos_for_stats), "negative": distribution(neg_for_stats),
                    "gap_min_positive_minus_hardest_negative": distribution(gaps)},
     }
-    (ctx.dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-    plot_scores(ctx.dir / "scores_hist.png", pos_for_stats, neg_for_stats,
+    ctx.output("stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    plot_scores(ctx.output("scores_hist.png"), pos_for_stats, neg_for_stats,
                 f"mine ({mc.mode}): {rows} rows, {k} negatives, margin {mc.margin} ({mc.margin_type})")
 
     if queries_short:
@@ -609,7 +547,8 @@ STAGE = Stage(
     run=run,
     sections=("run.seed", "model.name", "model.max_seq_length", "model.query_prompt", "model.passage_prompt",
               "mine"),
-    upstream=("ingest", "generate"),
+    reads=(Input("ingest", "chunks"), Input("generate", "queries")),
+    writes=("train", "train_meta", "split", "test_beir", "stats.json", "scores_hist.png"),
     version="1",
     help="Split by document, mine hard negatives (BM25 + dense, false-negative guard), write training rows.",
 )

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trainer.errors import ModelResolutionError
+from trainer.files import sha256_file
 
 ALIASES = {
     "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
@@ -119,13 +120,6 @@ def model_max_length(path_or_id: str, default: int = 512) -> int:
     limit = AutoTokenizer.from_pretrained(path_or_id).model_max_length
     return int(limit) if limit and limit < 100_000 else default
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def assemble_verified(parts: list[Path], dest: Path, sha256: str) -> Path:

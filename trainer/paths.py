@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from trainer.errors import InputError
@@ -29,3 +30,19 @@ def data_path(name: str) -> Path:
             f"(BEIR layout: corpus.jsonl, queries.jsonl, qrels/), or give a path instead of 'data:{name}'."
         )
     return path
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def find_local_folder(task_name: str, root: str | Path | None = None) -> Path | None:
+    """The BEIR folder of an MTEB task under ``data_dir()`` (or ``root``), matched by normalised name
+    (SciFact -> scifact, AILAStatutes -> aila_statutes), if there is one."""
+    root = Path(root) if root else data_dir()
+    if not root.is_dir():
+        return None
+    for p in sorted(root.iterdir()):
+        if _key(p.name) == _key(task_name) and (p / "corpus.jsonl").is_file():
+            return p
+    return None

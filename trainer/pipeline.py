@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from trainer import evaluate, export, generate, ingest, mine, publish, train
 from trainer.config import Config
 from trainer.errors import StageError
@@ -58,6 +60,33 @@ def run_pipeline(
             get_logger().removeHandler(handler)
             handler.close()
     return outcomes
+
+
+def output_path(run_dir: str | Path, stage: str, name: str) -> Path:
+    """Where a stage's declared output lives in a run directory (it may not exist yet). The Space, serve and
+    the benchmarks find outputs through this, so a renamed output fails here, loudly, not downstream."""
+    if stage not in STAGES:
+        raise StageError(f"unknown stage {stage!r}; available: {', '.join(STAGE_NAMES)}")
+    if name not in STAGES[stage].outputs:
+        raise StageError(f"the {stage} stage has no output {name!r} (it writes {', '.join(STAGES[stage].outputs)})")
+    return RunDir(run_dir).stage_dir(stage) / name
+
+
+def contracts() -> list[dict[str, object]]:
+    """Each stage's reads and writes, in pipeline order (``python -m trainer stages``)."""
+    return [{"stage": s.name,
+             "reads": [f"{i.stage}/{i.output}" + (" (optional)" if i.optional else "") for i in s.reads],
+             "writes": list(s.writes), "may_write": list(s.may_write)} for s in STAGES.values()]
+
+
+def contracts_table() -> str:
+    """The contracts as the README's Markdown table."""
+    lines = ["| stage | reads | writes |", "|---|---|---|"]
+    for s in STAGES.values():
+        reads = ", ".join(f"`{i.stage}/{i.output}`" + (" (optional)" if i.optional else "") for i in s.reads)
+        writes = [f"`{w}`" for w in s.writes] + [f"`{w}` (if any)" for w in s.may_write]
+        lines.append(f"| {s.name} | {reads or 'the corpus (`ingest.source`)'} | {', '.join(writes)} |")
+    return "\n".join(lines)
 
 
 def status(cfg: Config) -> list[tuple[str, str]]:

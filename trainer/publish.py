@@ -40,7 +40,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -48,24 +47,30 @@ import os
 import re
 import shutil
 import struct
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hub_cards.model import ModelFacts, model_card, verdict
+from hub_cards.synthetic import synthetic_card
+from hub_cards.training_set import training_set_card
+from trainer import submission
 from trainer.config import Config
-from trainer.errors import StageError, TrainerError
+from trainer.errors import StageError
+from trainer.files import sha256_file, write_json_atomic
+from trainer.leaderboard import default_results_dir
 from trainer.logs import redact
-from trainer.models import hub_reachable, is_offline, sha256_file
-from trainer.rundir import RunDir, Stage, StageContext, write_json_atomic
+from trainer.models import hub_reachable, is_offline, resolve_model
+from trainer.retry import RetryPolicy, http_status, is_retryable, retry_after
+from trainer.rundir import Input, Stage, StageContext
 
 KINDS = ("queries", "training_set", "model")  # push order: the model card links the datasets
 REPO_TYPES = {"queries": "dataset", "training_set": "dataset", "model": "model"}
 SUFFIXES = {"queries": "-queries", "training_set": "-training-set", "model": ""}
-OPTIONAL_UPSTREAM = ("ingest", "generate", "mine", "evaluate", "export")
 OWNER_PLACEHOLDER = "YOUR_HF_USERNAME"
+MAX_BACKOFF_S = 60.0  # the longest wait between two push attempts
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # datasets' push_to_hub default
 _MODEL_SKIP = {"README.md", "training_args.json", "train_log.json"}
 T = TypeVar("T")
@@ -139,7 +144,6 @@ def _read_json(path: Path) -> Any:
 
 def model_facts(model_dir: Path) -> tuple[Any, dict[str, Any]]:
     """(ModelFacts for the card, {n_embedding_parameters, memory_usage_mb}) read from the folder's files."""
-    from hub_cards.model import ModelFacts
 
     facts = ModelFacts()
     n_params = n_embed = 0
@@ -195,7 +199,6 @@ def _base_license(cfg: Config) -> str | None:
     try:
         from huggingface_hub import ModelCard
 
-        from trainer.models import resolve_model
 
         path = Path(resolve_model(cfg.model.name, offline=True))
         return ModelCard((path / "README.md").read_text(encoding="utf-8")).data.license
@@ -330,39 +333,6 @@ def diff_remote(local: dict[str, dict[str, Any]], remote: list[Any]) -> tuple[li
 # ------------------------------------------------------------------------------------------ pushing
 
 
-def _http_status(exc: BaseException) -> int | None:
-    seen: set[int] = set()
-    node: BaseException | None = exc
-    while node is not None and id(node) not in seen:
-        seen.add(id(node))
-        response = getattr(node, "response", None)
-        status = getattr(response, "status_code", None)
-        if isinstance(status, int):
-            return status
-        node = node.__cause__ or node.__context__
-    return None
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    import requests
-
-    node: BaseException | None = exc
-    seen: set[int] = set()
-    while node is not None and id(node) not in seen:
-        seen.add(id(node))
-        if isinstance(node, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
-            return True
-        node = node.__cause__ or node.__context__
-    return False
-
-
-def _retryable(exc: BaseException) -> bool:
-    status = _http_status(exc)
-    if status is not None:
-        return status in (408, 409, 412, 425, 429) or status >= 500
-    return _is_connection_error(exc)
-
-
 class _Pusher:
     def __init__(self, cfg: Config, token: str, log: Any, endpoint: str | None = None):
         from huggingface_hub import HfApi
@@ -380,7 +350,7 @@ class _Pusher:
             try:
                 return fn()
             except Exception as exc:  # noqa: BLE001 - classified below, re-raised as a StageError
-                status = _http_status(exc)
+                status = http_status(exc)
                 detail = self.clean(f"{type(exc).__name__}: {exc}".splitlines()[0])
                 if status in (401, 403):
                     raise StageError(
@@ -388,12 +358,12 @@ class _Pusher:
                         f"access to {p.owner or 'your namespace'} (https://huggingface.co/settings/tokens) and run "
                         "the stage again."
                     ) from None
-                if not _retryable(exc) or attempt == p.max_retries:
+                if not is_retryable(exc) or attempt == p.max_retries:
                     raise StageError(
                         f"{what} failed after {attempt + 1} attempt(s): {detail}. What was pushed is recorded in "
                         "pushed.json; run the stage again to continue (finished repositories are not pushed twice)."
                     ) from None
-                delay = p.retry_backoff_s * 2**attempt
+                delay = RetryPolicy(p.max_retries, p.retry_backoff_s, MAX_BACKOFF_S).delay(attempt, retry_after(exc))
                 self.log.warning("publish: %s failed (%s); retry %d/%d in %.1f s", what, detail, attempt + 1,
                                  p.max_retries, delay)
                 time.sleep(delay)
@@ -477,30 +447,13 @@ def _push_commands(plans: list[_Plan], cfg: Config, status: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _optional_manifest(ctx: StageContext, name: str) -> dict[str, Any] | None:
-    m = ctx.run_dir.manifest(name)
-    return m if m and m.get("status") == "complete" else None
-
-
-def _load_report(eval_dir: Path) -> dict[str, Any] | None:
-    for name in ("report.json", "evaluation.json", "results.json"):
-        data = _read_json(eval_dir / name)
-        if isinstance(data, dict):
-            return data
-    return None
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
-    from hub_cards.model import model_card, verdict
-    from hub_cards.synthetic import synthetic_card
-    from hub_cards.training_set import training_set_card
-    from trainer import submission
 
     cfg, sdir, log = ctx.cfg, ctx.dir, ctx.log
     p = cfg.publish
     token = _token(cfg)
     mode = push_mode(cfg)
-    model_dir = ctx.upstream_dir("train") / "model"
+    model_dir = ctx.input("train", "model")
     if not (model_dir / "modules.json").is_file() and not (model_dir / "config.json").is_file():
         raise StageError(f"no trained model at {model_dir}; run `python -m trainer train` first")
 
@@ -516,8 +469,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
             owner = owner or pusher.whoami()
     ids = repo_ids(cfg, owner)
 
-    manifests = {n: _optional_manifest(ctx, n) for n in (*OPTIONAL_UPSTREAM, "train")}
-    report = _load_report(ctx.upstream_dir("evaluate")) if manifests["evaluate"] else None
+    manifests = {n: ctx.manifest(n) for n in ("generate", "mine", "train")}
+    report_file = ctx.input("evaluate", "report.json")
+    report = _read_json(report_file) if report_file else None
     status, regressed = verdict(report)
     if status == "not_evaluated":
         log.warning("publish: no evaluation report; the model card will say the model was not evaluated")
@@ -526,12 +480,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     plans: list[_Plan] = []
     built: dict[str, Any] = {}
-    queries_src = ctx.upstream_dir("generate") / "queries"
-    train_src = ctx.upstream_dir("mine") / "train"
+    queries_src = ctx.input("generate", "queries")
+    train_src = ctx.input("mine", "train")
     datasets_published: dict[str, str] = {}
-    if p.push_datasets and manifests["generate"] and queries_src.is_dir():
+    if p.push_datasets and queries_src is not None:
         datasets_published["queries"] = ids["queries"]
-    if p.push_datasets and manifests["mine"] and train_src.is_dir():
+    if p.push_datasets and train_src is not None:
         datasets_published["training_set"] = ids["training_set"]
     if p.push_datasets and len(datasets_published) < 2:
         log.warning("publish: %s not found (stages generate / mine incomplete); not published",
@@ -545,7 +499,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         plans.append(_Plan("queries", ids["queries"], sdir / "queries"))
     if "training_set" in datasets_published:
         ctx.report("publish: preparing the training set", 0.1)
-        stats = _read_json(ctx.upstream_dir("mine") / "stats.json") or {}
+        stats_file = ctx.input("mine", "stats.json")
+        stats = (_read_json(stats_file) if stats_file else None) or {}
         import datasets
 
         columns = list(datasets.load_from_disk(str(train_src)).column_names)
@@ -558,7 +513,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     facts, extra = model_facts(model_dir)
     license_id = p.model_license or _base_license(cfg) or "other"
     train_m = manifests["train"] or {}
-    onnx_dir = ctx.upstream_dir("export") / "onnx" if manifests["export"] else None
+    onnx_dir = ctx.input("export", "onnx")
 
     def card_fn(onnx_files: list[str]) -> Any:
         return model_card(cfg, ids["model"], facts, train_counts=train_m.get("counts") or {},
@@ -614,7 +569,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     contaminated = sorted(((report or {}).get("contaminated") or {}).keys())
     results_dir = None
     if report is not None:
-        from trainer.leaderboard import default_results_dir
 
         results_dir = default_results_dir(cfg.evaluate.results_dir)
     meta = submission.model_meta(
@@ -627,7 +581,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
                            if "training_set" in datasets_published and not p.private else None),
         onnx=bool(onnx_files),
     )
-    files = submission.find_result_files(ctx.upstream_dir("evaluate"), mteb_tasks) if mteb_tasks else {}
+    mteb_dir = ctx.input("evaluate", "mteb")
+    result_files = (report or {}).get("result_files") or {}
+    files = {t: mteb_dir / result_files[t] for t in mteb_tasks
+             if mteb_dir is not None and t in result_files and (mteb_dir / result_files[t]).is_file()}
     sub = submission.write_submission(sdir / "submission", cfg, meta, files, contaminated=contaminated,
                                       training_set_repo=datasets_published.get("training_set"))
     ctx.report("publish: done", 1.0)
@@ -648,11 +605,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 def _inputs(cfg: Config) -> dict[str, str]:
-    run_dir = RunDir(cfg.run.dir)
     out = {}
-    for name in OPTIONAL_UPSTREAM:
-        m = run_dir.manifest(name)
-        out[name] = m.get("output_fingerprint", "") if m and m.get("status") == "complete" else "absent"
     out["mode"] = push_mode(cfg)  # a token added later (or offline lifted) re-runs the stage
     out["endpoint"] = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     return out
@@ -663,47 +616,20 @@ STAGE = Stage(
     run=run,
     sections=("domain", "model", "ingest.source", "generate", "mine", "train", "evaluate.regression_tolerance",
               "publish"),
-    upstream=("train",),
-    inputs=_inputs,
+    reads=(
+        Input("train", "model"),
+        Input("generate", "queries", optional=True),
+        Input("mine", "train", optional=True),
+        Input("mine", "stats.json", optional=True),
+        Input("evaluate", "report.json", optional=True),
+        Input("evaluate", "mteb", optional=True),
+        Input("export", "onnx", optional=True),
+    ),
+    writes=("model", "PUSH.md", "submission"),
+    may_write=("queries", "training_set", "pushed.json"),
+    external=_inputs,
     version="1",
     help="Push the synthetic queries, the training set and the model (+ ONNX) with cards to the Hub; "
     "write the MTEB leaderboard submission files.",
 )
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m trainer.publish [-c CONFIG] [--run-dir DIR] [--set k=v ...] [--force]``."""
-    from trainer.config import load_config
-    from trainer.logs import attach_run_log, get_logger, setup_console
-    from trainer.rundir import run_stage
-
-    parser = argparse.ArgumentParser(prog="python -m trainer.publish", description=STAGE.help)
-    parser.add_argument("-c", "--config")
-    parser.add_argument("--run-dir")
-    parser.add_argument("--set", action="append", default=[], dest="overrides")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides) + ([f"run.dir={args.run_dir}"] if args.run_dir else [])
-    setup_console()
-    secrets: tuple[str, ...] = ()
-    try:
-        cfg = load_config(args.config, overrides)
-        secrets = tuple(filter(None, [_token(cfg)]))
-        run_dir = RunDir(cfg.run.dir)
-        with run_dir.lock():
-            handler = attach_run_log(run_dir.root)
-            try:
-                run_dir.save_config(cfg)
-                outcome = run_stage(STAGE, cfg, run_dir, force=args.force)
-            finally:
-                get_logger().removeHandler(handler)
-                handler.close()
-    except TrainerError as exc:
-        print(f"error: {redact(str(exc), secrets)}", file=sys.stderr)
-        return 2
-    print(json.dumps({"action": outcome.action, **outcome.manifest.get("counts", {})}, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

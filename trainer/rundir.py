@@ -9,11 +9,23 @@ Layout::
     <run>/stages/<stage>/_work/     partial work of a running or crashed stage (resumed from)
     <run>/archive/<stage>-<key>-<time>/   earlier outputs, moved aside when settings change
 
-A stage's *key* hashes its config sections, its code version, its external inputs and the output
-fingerprints of its upstream stages. Same key and a complete manifest: the stage is a no-op. A
-different key: the old output is archived (never deleted) and the stage runs again; downstream
-stages see a new upstream fingerprint and re-run too. A manifest left 'running' by a crash with the
-same key: the stage resumes from its _work folder.
+Each stage declares what it reads (``reads``: named outputs of earlier stages, see :class:`Input`)
+and what it writes (``writes`` always, ``may_write`` when there is something to write). A stage
+reads only through ``ctx.input(stage, output)`` and writes through ``ctx.output(name)``; both fail
+loudly on a name the stage did not declare, so the declarations are the whole contract.
+
+A stage's *key* hashes its config sections, its code version, its external inputs and the
+fingerprints of the upstream outputs it reads (only those: a log file next to them changes
+nothing downstream). Same key and a complete manifest whose outputs are intact: the stage is a
+no-op. A different key: the old output is archived (never deleted) and the stage runs again;
+downstream stages see a new fingerprint and re-run too. A manifest left 'running' by a crash with
+the same key: the stage resumes from its _work folder.
+
+Example::
+
+    >>> st = Stage("b", run=lambda ctx: {}, sections=(), reads=(Input("a", "out.txt"),), writes=("b.txt",))
+    >>> st.upstream, st.outputs
+    (('a',), ('b.txt',))
 """
 
 from __future__ import annotations
@@ -34,27 +46,62 @@ from typing import Any
 
 from trainer.config import Config
 from trainer.errors import StageError
+from trainer.files import fingerprint, write_json_atomic, write_text_atomic
 from trainer.logs import get_logger
 
 MANIFEST = "manifest.json"
 WORK = "_work"
 _FINGERPRINT_SKIP = {MANIFEST, "state.json"}  # state.json holds a random datasets fingerprint
+ABSENT = "absent"  # the fingerprint of an optional input that is not there
 _VERSIONED = ("torch", "transformers", "sentence-transformers", "datasets", "huggingface-hub", "mteb")
 
 ProgressFn = Callable[[str, float | None], None]
 
 
 @dataclass(frozen=True)
+class Input:
+    """A named output (file or folder under ``stages/<stage>/``) of an earlier stage that a stage reads.
+
+    ``optional``: the reading stage runs without it (the upstream stage may not have run, or may not
+    have written it); its key then records that it was absent.
+    """
+
+    stage: str
+    output: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
 class Stage:
-    """A pipeline stage: what it depends on and the function that does the work."""
+    """A pipeline stage: what it reads and writes, what decides its output, and the function that does it."""
 
     name: str
     run: Callable[[StageContext], dict[str, Any]]
     sections: tuple[str, ...]
-    upstream: tuple[str, ...] = ()
-    inputs: Callable[[Config], dict[str, str]] | None = None
+    reads: tuple[Input, ...] = ()
+    writes: tuple[str, ...] = ()  # outputs every successful run leaves
+    may_write: tuple[str, ...] = ()  # outputs written only when there is something to write
+    external: Callable[[Config], dict[str, str]] | None = None  # fingerprints of inputs outside the run dir
     version: str = "1"
     help: str = ""
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        """The stages that must have finished first (those of the required inputs)."""
+        return tuple(dict.fromkeys(i.stage for i in self.reads if not i.optional))
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.writes + self.may_write
+
+    def declared_input(self, stage: str, output: str) -> Input:
+        for i in self.reads:
+            if (i.stage, i.output) == (stage, output):
+                return i
+        raise StageError(
+            f"stage {self.name!r} read {stage}/{output}, which it does not declare in its reads "
+            f"({', '.join(f'{i.stage}/{i.output}' for i in self.reads) or 'none'}): add it to the stage's reads"
+        )
 
 
 @dataclass
@@ -76,8 +123,35 @@ class StageContext:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def upstream_dir(self, name: str) -> Path:
-        return self.run_dir.stage_dir(name)
+    def input(self, stage: str, output: str) -> Path | None:
+        """The path of a declared input. A required one must exist (else an actionable StageError); an
+        optional one is None when its stage has not finished or did not write it."""
+        decl = self.stage.declared_input(stage, output)
+        path = self.run_dir.stage_dir(stage) / output
+        done = self.run_dir.is_complete(stage)
+        if done and path.exists():
+            return path
+        if decl.optional:
+            return None
+        raise StageError(
+            f"stage {self.stage.name!r} needs {stage}/{output}, which is missing at {path}: re-run the {stage} "
+            f"stage (`python -m trainer {stage} --force`)"
+        )
+
+    def manifest(self, stage: str) -> dict[str, Any] | None:
+        """The manifest of a finished stage this stage reads from (its counts, versions); None if unfinished."""
+        if stage not in {i.stage for i in self.stage.reads}:
+            raise StageError(f"stage {self.stage.name!r} read the manifest of {stage!r}, which it does not declare "
+                             "in its reads")
+        m = self.run_dir.manifest(stage)
+        return m if m and m.get("status") == "complete" else None
+
+    def output(self, name: str) -> Path:
+        """The path of one of this stage's declared outputs."""
+        if name not in self.stage.outputs:
+            raise StageError(f"stage {self.stage.name!r} wrote {name!r}, which it does not declare in its writes "
+                             f"({', '.join(self.stage.outputs) or 'none'})")
+        return self.dir / name
 
     def report(self, message: str, fraction: float | None = None) -> None:
         if self.progress is not None:
@@ -91,24 +165,15 @@ class StageOutcome:
     manifest: dict[str, Any]
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def fingerprint_dir(path: Path) -> str:
-    """sha256 over the relative paths and contents of a stage's output files."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path)
-        if rel.parts[0] == WORK or rel.name in _FINGERPRINT_SKIP or rel.name.endswith(".tmp"):
-            continue
-        digest.update(str(rel).encode() + b"\0")
-        with file.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    """sha256 over the relative paths and contents of a stage's output files (not its manifest or _work)."""
+    return fingerprint(path, skip=_FINGERPRINT_SKIP)
+
+
+def output_fingerprints(stage: Stage, sdir: Path) -> dict[str, str]:
+    """Fingerprint of each declared output of a finished stage (``absent`` for one it did not write)."""
+    return {name: fingerprint(sdir / name, skip=_FINGERPRINT_SKIP) if (sdir / name).exists() else ABSENT
+            for name in stage.outputs}
 
 
 def package_versions() -> dict[str, str]:
@@ -182,9 +247,7 @@ class RunDir:
             hist.mkdir(exist_ok=True)
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(path.stat().st_mtime))
             shutil.copy2(path, hist / f"config-{stamp}-{hashlib.sha256(old.encode()).hexdigest()[:8]}.yaml")
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
 
     def archive(self, name: str, key: str | None) -> Path:
         src = self.stage_dir(name)
@@ -198,28 +261,54 @@ class RunDir:
         return dest
 
 
+def _input_fingerprint(run_dir: RunDir, reader: str, inp: Input) -> str:
+    """The fingerprint of one upstream output, as recorded when its stage finished."""
+    m = run_dir.manifest(inp.stage)
+    if not m or m.get("status") != "complete":
+        if inp.optional:
+            return ABSENT
+        raise StageError(
+            f"stage {reader!r} needs the output of {inp.stage!r}, which has not finished in "
+            f"{run_dir.root}. Run `python -m trainer {inp.stage}` first, or `python -m trainer run "
+            f"--to {reader}`."
+        )
+    recorded = (m.get("outputs") or {}).get(inp.output)
+    path = run_dir.stage_dir(inp.stage) / inp.output
+    if recorded is None:  # a stage that does not declare this output: hash what is there
+        recorded = fingerprint(path, skip=_FINGERPRINT_SKIP) if path.exists() else ABSENT
+    if recorded == ABSENT and not inp.optional:
+        raise StageError(f"stage {reader!r} needs {inp.stage}/{inp.output}, which the {inp.stage} stage did not "
+                         f"write in {run_dir.root}; re-run it (`python -m trainer {inp.stage} --force`)")
+    return recorded
+
+
 def stage_identity(stage: Stage, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
     """Everything that decides a stage's output; its hash is the stage key."""
-    upstream = {}
-    for name in stage.upstream:
-        m = run_dir.manifest(name)
-        if not m or m.get("status") != "complete":
-            raise StageError(
-                f"stage {stage.name!r} needs the output of {name!r}, which has not finished in "
-                f"{run_dir.root}. Run `python -m trainer {name}` first, or `python -m trainer run "
-                f"--to {stage.name}`."
-            )
-        upstream[name] = m["output_fingerprint"]
+    upstream = {f"{i.stage}/{i.output}": _input_fingerprint(run_dir, stage.name, i) for i in stage.reads}
     ident = {
         "stage": stage.name,
         "version": stage.version,
         "config": cfg.pick(*stage.sections),
-        "inputs": stage.inputs(cfg) if stage.inputs else {},
+        "inputs": stage.external(cfg) if stage.external else {},
         "upstream": upstream,
     }
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     ident["key"] = hashlib.sha256(blob.encode()).hexdigest()
     return ident
+
+
+def verify_outputs(stage: Stage, run_dir: RunDir, manifest: dict[str, Any]) -> str | None:
+    """None when a finished stage's outputs are on disk as it left them, else what is wrong."""
+    sdir = run_dir.stage_dir(stage.name)
+    recorded = manifest.get("outputs")
+    if recorded is None:  # a manifest without per-output fingerprints: the whole folder
+        return None if fingerprint_dir(sdir) == manifest.get("output_fingerprint") else "outputs modified"
+    for name in stage.writes:
+        if not (sdir / name).exists():
+            return f"output {name} missing"
+    now = output_fingerprints(stage, sdir)
+    changed = [n for n, fp in recorded.items() if n in now and now[n] != fp]
+    return f"output {changed[0]} modified" if changed else None
 
 
 def run_stage(
@@ -238,10 +327,11 @@ def run_stage(
     sdir = run_dir.stage_dir(stage.name)
 
     if old and old.get("status") == "complete" and old.get("key") == key and not force:
-        if fingerprint_dir(sdir) == old.get("output_fingerprint"):
+        problem = verify_outputs(stage, run_dir, old)
+        if problem is None:
             log.info("stage %s: up to date (key %s), nothing to do", stage.name, key[:10])
             return StageOutcome(stage.name, "skipped", old)
-        log.warning("stage %s: outputs were modified after it finished; running it again", stage.name)
+        log.warning("stage %s: %s after it finished; running it again", stage.name, problem)
 
     resumed = bool(old) and old.get("status") == "running" and old.get("key") == key and not force
     if sdir.exists() and not resumed:
@@ -275,6 +365,9 @@ def run_stage(
     ctx = StageContext(cfg=cfg, run_dir=run_dir, stage=stage, resumed=resumed, progress=progress)
     counts = stage.run(ctx)
 
+    missing = [n for n in stage.writes if not (sdir / n).exists()]
+    if missing:
+        raise StageError(f"stage {stage.name!r} finished without writing its declared outputs {missing} in {sdir}")
     shutil.rmtree(sdir / WORK, ignore_errors=True)
     finished = time.time()
     manifest.update(
@@ -282,6 +375,7 @@ def run_stage(
         finished=finished,
         duration_s=round(finished - started, 3),
         counts=counts,
+        outputs=output_fingerprints(stage, sdir),
         output_fingerprint=fingerprint_dir(sdir),
     )
     write_json_atomic(sdir / MANIFEST, manifest)
@@ -290,12 +384,15 @@ def run_stage(
 
 
 def stage_status(stage: Stage, cfg: Config, run_dir: RunDir) -> str:
-    """'complete', 'stale' (settings or upstream changed), 'running/crashed', 'missing'."""
+    """'complete', 'stale (...)' (settings, upstream or outputs changed), 'failed or interrupted', 'missing'."""
     m = run_dir.manifest(stage.name)
     if not m:
         return "missing"
     if m.get("status") != "complete":
-        return "running or crashed (re-run to resume)"
+        return "failed or interrupted (run it again to resume)"
+    problem = verify_outputs(stage, run_dir, m)
+    if problem:
+        return f"stale ({problem}: run it again)"
     try:
         key = stage_identity(stage, cfg, run_dir)["key"]
     except StageError:

@@ -52,7 +52,11 @@ from starlette.exceptions import HTTPException
 
 from trainer._process import stop_group
 from trainer.errors import InputError, TrainerError
+from trainer.export import load_onnx, pick_int8_config
+from trainer.files import free_port
+from trainer.llm_server import _die_with_parent
 from trainer.logs import get_logger
+from trainer.pipeline import output_path
 
 MAX_BATCH = 2048  # inputs per request (OpenAI's limit)
 MAX_INPUT_CHARS = 50_000  # per input; text past the model's token limit is truncated anyway
@@ -79,7 +83,7 @@ class ApiError(Exception):
 def find_model_folder(path: str | Path) -> Path:
     """An exported folder from what a user may give: the folder itself, the export stage's folder, or a run."""
     p = Path(path).expanduser()
-    for candidate in (p, p / "onnx", p / "stages" / "export" / "onnx"):
+    for candidate in (p, p / "onnx", output_path(p, "export", "onnx")):
         if (candidate / "modules.json").is_file() and any(candidate.glob("onnx/*.onnx")):
             return candidate
     raise InputError(
@@ -103,7 +107,6 @@ def pick_onnx_file(folder: Path, *, int8: bool = False, file_name: str | None = 
     if not candidates:
         raise InputError(f"no int8 file in {folder / 'onnx'}: export with export.int8=true, or serve fp32 "
                          "(without --int8)")
-    from trainer.export import pick_int8_config
 
     preferred = pick_int8_config()
     return next((c for c in candidates if c.endswith(f"_{preferred}.onnx")), candidates[0])
@@ -113,7 +116,6 @@ class Embedder:
     """The exported model behind a lock (tokenizers are not safe to share across threads)."""
 
     def __init__(self, folder: Path, file_name: str, batch_size: int = 32):
-        from trainer.export import load_onnx
 
         self.folder, self.file_name, self.batch_size = folder, file_name, batch_size
         self.model = load_onnx(folder, file_name)
@@ -203,7 +205,7 @@ def encode_base64(vector: np.ndarray) -> str:
 
 def default_model_name(folder: Path) -> str:
     """A run's export is named after the run (runs/scifact/stages/export/onnx -> 'scifact')."""
-    if folder.name == "onnx" and folder.parent.name == "export" and folder.parent.parent.name == "stages":
+    if len(folder.parents) > 2 and folder == output_path(folder.parents[2], "export", "onnx"):
         return folder.parents[2].name
     return folder.name
 
@@ -355,9 +357,8 @@ class EmbeddingServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> EmbeddingServer:
-        from trainer.llm_server import _die_with_parent, _free_port
 
-        self.port = _free_port()
+        self.port = free_port()
         cmd = [sys.executable, "-m", "trainer.serve", "--model", str(self.model_path), "--host", "127.0.0.1",
                "--port", str(self.port), "--log-level", "warning", *(["--int8"] if self.int8 else []),
                *self.extra_args]

@@ -41,25 +41,6 @@ def results_folder_name(model_id: str) -> str:
     return model_id.replace("/", "__").replace(" ", "_")
 
 
-def find_result_files(eval_dir: Path, tasks: Iterable[str]) -> dict[str, Path]:
-    """The tuned model's mteb result file per task under the evaluate stage's ``mteb/`` folder.
-
-    The evaluate stage writes them with mteb's ResultCache as ``mteb/results/<model>/<revision>/<Task>.json``
-    (revision "tuned"); a file under a folder named ``tuned`` wins over any other match.
-    """
-    out = {}
-    root = eval_dir / "mteb"
-    if not root.is_dir():
-        return out
-    for task in tasks:
-        found = sorted(root.rglob(f"{task}.json"))
-        tuned = [p for p in found if "tuned" in p.parent.name or "tuned" in p.parts]
-        pick = (tuned or found or [None])[0]
-        if pick is not None:
-            out[task] = pick
-    return out
-
-
 def base_model_meta(results_dir: Path, base_model: str) -> dict[str, Any] | None:
     """The base model's model_meta.json from an MTEB results folder (leaderboard snapshot), if present."""
     folder = results_dir / "results" / results_folder_name(base_model)

@@ -39,7 +39,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -50,9 +49,10 @@ from typing import Any
 from trainer._faults import crash_point
 from trainer.config import Config
 from trainer.errors import ConfigError, InputError, StageError
+from trainer.files import atomic_dir, free_port, write_json_atomic
 from trainer.logs import get_logger
 from trainer.models import model_max_length, resolve_model
-from trainer.rundir import Stage, StageContext, write_json_atomic
+from trainer.rundir import Input, Stage, StageContext
 
 REPO = Path(__file__).resolve().parents[1]
 HARDWARE_DIR = REPO / "configs" / "hardware"
@@ -412,15 +412,11 @@ def fit(
         "plan": asdict(plan),
     }
     if trainer.is_world_process_zero():
-        final = out / "final"
-        tmp = out / "final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
         model.max_seq_length = inference_len  # serve at the model's own limit, not the training length
-        model.save(str(tmp))
-        (tmp / "training_args.json").write_text(args.to_json_string(), encoding="utf-8")
-        write_json_atomic(tmp / "train_log.json", {"log_history": trainer.state.log_history, **result})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with atomic_dir(out / "final") as tmp:
+            model.save(str(tmp))
+            (tmp / "training_args.json").write_text(args.to_json_string(), encoding="utf-8")
+            write_json_atomic(tmp / "train_log.json", {"log_history": trainer.state.log_history, **result})
         write_json_atomic(out / "result.json", result)
     return result
 
@@ -431,11 +427,6 @@ def _step_of(checkpoint: str | None) -> int | None:
 
 # ------------------------------------------------------------------------------------- multi-process
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_command(cfg: Config, job: Path) -> list[str]:
@@ -458,7 +449,7 @@ def launch_command(cfg: Config, job: Path) -> list[str]:
     if not conf.is_file():
         raise ConfigError(f"train.accelerate_config={conf}: no such file (see {ACCELERATE_DIR})")
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(conf), "--num_processes", str(n),
-            "--main_process_port", str(_free_port()), "-m", "trainer.train", str(job)]
+            "--main_process_port", str(free_port()), "-m", "trainer.train", str(job)]
 
 
 def _fit_in_workers(ctx: StageContext, train_path: Path, val: dict | None, out: Path, lr: float) -> dict:
@@ -498,9 +489,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     datasets.disable_progress_bars()
     cfg, t = ctx.cfg, ctx.cfg.train
-    src = ctx.upstream_dir("mine") / "train"
-    if not src.is_dir():
-        raise InputError(f"{src} is missing: the mine stage writes it; re-run `python -m trainer mine`")
+    src = ctx.input("mine", "train")
     raw = datasets.load_from_disk(str(src))
     if len(raw) == 0:
         raise InputError(f"{src} has no rows: nothing to train on (see the mine stage's manifest)")
@@ -527,10 +516,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     work = ctx.work
     train_path = work / "data" / "train"
     if t.num_processes > 1 and not train_path.is_dir():
-        tmp = work / "data" / "train.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        train_rows.save_to_disk(str(tmp))
-        os.replace(tmp, train_path)
+        with atomic_dir(train_path) as tmp:
+            train_rows.save_to_disk(str(tmp))
 
     lrs = list(t.lr_sweep) or [t.lr]
     results = []
@@ -549,13 +536,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     best = results[best_i]
     src_dir = work / (f"lr-{lrs[best_i]:g}" if t.lr_sweep else "run") / "final"
 
-    dest = ctx.dir / "model"
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(src_dir, dest)
-    log_file = dest / "train_log.json"
-    history = json.loads(log_file.read_text())
-    log_file.unlink()
-    write_json_atomic(ctx.dir / "train_log.json", {
+    with atomic_dir(ctx.output("model")) as dest:
+        shutil.copytree(src_dir, dest, dirs_exist_ok=True)
+        log_file = dest / "train_log.json"
+        history = json.loads(log_file.read_text())
+        log_file.unlink()
+    write_json_atomic(ctx.output("train_log.json"), {
         **history, "lr_sweep": [{"lr": r["lr"], "best_val_ndcg@10": r["best_val_ndcg@10"]} for r in results],
     })
     counts = {k: v for k, v in best.items() if k != "plan"}
@@ -590,7 +576,8 @@ STAGE = Stage(
     name="train",
     run=run,
     sections=("model", "train", "run.seed"),
-    upstream=("mine",),
+    reads=(Input("mine", "train"),),
+    writes=("model", "train_log.json"),
     version="1",
     help="Fine-tune contrastively (MNRL at temperature 0.02, hard negatives, Matryoshka) with validation, "
     "best checkpoint and early stopping; resumable.",
