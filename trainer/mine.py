@@ -68,6 +68,7 @@ from trainer.chunking import passage_text
 from trainer.config import Config
 from trainer.errors import InputError
 from trainer.models import resolve_model
+from trainer.readers import has_control_chars, shown
 from trainer.rundir import Stage, StageContext
 
 EMBED_BLOCK = 4096  # passages per cached embedding block: the unit a killed run resumes from
@@ -375,6 +376,16 @@ def _save_dataset(columns: dict[str, list], features, dest: Path) -> None:
 
 def write_beir(dest: Path, chunks, test: list[Query], chunk_ids: Sequence[str]) -> int:
     """corpus.jsonl (every chunk), queries.jsonl and qrels/test.tsv; returns the number of qrels."""
+    # JSON escapes any id, but a tab or newline in an id would split its TSV line (and evaluate would
+    # fail long after): refuse before writing anything
+    for q in test:
+        for id_ in (q.query_id, *(chunk_ids[p] for p in q.positives)):
+            if has_control_chars(id_):
+                raise InputError(
+                    f"cannot write {dest / 'qrels' / 'test.tsv'}: the id '{shown(id_)}' holds a control "
+                    "character (tab, newline, ...) that would break its TSV line; re-run ingest, which "
+                    "skips such ids (reason bad_id)"
+                )
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "qrels").mkdir(parents=True)

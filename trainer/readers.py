@@ -1,6 +1,9 @@
 """Corpus readers: turn a source (folder, BEIR folder, saved dataset, Hub id, built-in corpus) into
 documents, and every unusable input into a counted, explained skip (never a traceback).
 
+Ids with a control character (a tab or newline in a file name or an id column) are refused
+(``bad_id``): they would break the TSV and JSONL lines later stages write.
+
 Example::
 
     >>> from trainer.config import IngestConfig
@@ -17,6 +20,7 @@ import hashlib
 import html.parser
 import io
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +37,18 @@ TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".html", ".htm"}
 TABLE_SUFFIXES = {".jsonl", ".csv", ".parquet", ".pdf"}
 BUILTINS = ("python-docs",)
 _MB = 1024 * 1024
+# characters that end or split a TSV/JSONL line: C0/C1 controls (tab, newline, ...), U+2028, U+2029
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control_chars(text: str) -> bool:
+    """True when text holds a character that would break a TSV or JSONL line (tab, newline, ...)."""
+    return _LINE_BREAKING.search(text) is not None
+
+
+def shown(text: str) -> str:
+    """text with its control characters escaped (\\t, \\n, \\x1b), safe to print on one line."""
+    return _LINE_BREAKING.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 @dataclass(frozen=True)
@@ -382,6 +398,10 @@ def _walk(root: Path) -> Iterator[tuple[Path, str] | Skip]:
                 yield Skip(rel, "hidden", "hidden file")
             continue
         if path.is_file():
+            if has_control_chars(rel):
+                yield Skip(shown(rel), "bad_id", "the file name holds a control character (tab, newline, ...) "
+                           "that would break the TSV/JSONL lines the path is written to as the id: rename it")
+                continue
             yield path, rel
 
 
@@ -444,6 +464,11 @@ def iter_documents(cfg: IngestConfig) -> Iterator[Document | Skip]:
     for item in _iter_raw(cfg):
         if isinstance(item, Skip):
             yield item
+            continue
+        if has_control_chars(item.doc_id):
+            yield Skip(shown(item.doc_id), "bad_id", "the id holds a control character (tab, newline, ...) that "
+                       "would break the TSV/JSONL lines it is written to: fix the id column (ingest.id_column) "
+                       "or rename the file")
             continue
         if cfg.max_documents is not None and kept >= cfg.max_documents:
             yield Skip(item.doc_id, "over_max_documents", f"ingest.max_documents={cfg.max_documents} reached")

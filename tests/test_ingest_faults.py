@@ -1,0 +1,50 @@
+"""Faults found by a hostile-user test of ingest (issue 18): each one is a counted skip, never silent."""
+
+import json
+
+import pytest
+
+from trainer.config import IngestConfig
+from trainer.errors import InputError
+from trainer.evaluate import load_qrels
+from trainer.mine import Query, write_beir
+from trainer.readers import Document, Skip, iter_documents
+
+GOOD = "Insulin lowers blood glucose. It acts on the liver and muscle. Resistance causes type 2 diabetes."
+
+
+def read(path, **kw):
+    items = list(iter_documents(IngestConfig(source=str(path), **kw)))
+    return [i for i in items if isinstance(i, Document)], [i for i in items if isinstance(i, Skip)]
+
+
+def reasons(skips):
+    return sorted(s.reason for s in skips)
+
+
+def test_ids_with_control_characters_are_refused(tmp_path):
+    (tmp_path / "good.txt").write_text(GOOD)
+    (tmp_path / "tab\tname.txt").write_text("A tab in the file name. It would split a TSV line.")
+    (tmp_path / "new\nline.md").write_text("A newline in the file name. It would end a TSV line.")
+    rows = [{"_id": "a\tb", "text": "Tab in a jsonl id. Second sentence."}, {"_id": "r2", "text": "Kept row. Fine."}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "t.csv").write_text('id,text\n"c\nd",Newline in a csv id. Refused.\nc2,Kept csv row. Fine.\n')
+    docs, skips = read(tmp_path)
+    assert sorted(d.doc_id for d in docs) == ["c2", "good.txt", "r2"]
+    assert reasons(skips) == ["bad_id"] * 4
+    assert all(s.source.isprintable() for s in skips)  # shown escaped (a\tb), one line in the log
+    assert {"a\\tb", "c\\nd", "tab\\tname.txt", "new\\nline.md"} == {s.source for s in skips}
+
+
+def test_write_beir_refuses_an_id_that_would_break_a_qrels_line(tmp_path):
+    def query(qid):
+        return Query(qid, "what lowers glucose?", "factual", 1, [0], {"d"})
+
+    write_beir(tmp_path / "ok", {"chunk_id": ["d#0"], "title": [""], "text": [GOOD]}, [query("q1")], ["d#0"])
+    assert load_qrels(tmp_path / "ok" / "qrels" / "test.tsv") == {"q1": {"d#0": 1}}
+    bad = "d\tx#0"  # written raw, evaluate later read "x#0" as the score
+    with pytest.raises(InputError, match="bad_id"):
+        write_beir(tmp_path / "bad", {"chunk_id": [bad], "title": [""], "text": [GOOD]}, [query("q1")], [bad])
+    with pytest.raises(InputError, match=r"q\\n1"):
+        write_beir(tmp_path / "bad", {"chunk_id": ["d#0"], "title": [""], "text": [GOOD]}, [query("q\n1")], ["d#0"])
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.tmp").exists()
