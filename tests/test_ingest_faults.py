@@ -1,6 +1,7 @@
 """Faults found by a hostile-user test of ingest (issue 18): each one is a counted skip, never silent."""
 
 import json
+import os
 
 import pytest
 
@@ -8,7 +9,7 @@ from trainer.config import IngestConfig
 from trainer.errors import InputError
 from trainer.evaluate import load_qrels
 from trainer.mine import Query, write_beir
-from trainer.readers import Document, Skip, iter_documents
+from trainer.readers import Document, Skip, iter_documents, source_fingerprint
 
 GOOD = "Insulin lowers blood glucose. It acts on the liver and muscle. Resistance causes type 2 diabetes."
 
@@ -48,3 +49,32 @@ def test_write_beir_refuses_an_id_that_would_break_a_qrels_line(tmp_path):
     with pytest.raises(InputError, match=r"q\\n1"):
         write_beir(tmp_path / "bad", {"chunk_id": ["d#0"], "title": [""], "text": [GOOD]}, [query("q\n1")], ["d#0"])
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.tmp").exists()
+
+
+def test_symlinks_follow_one_policy_and_each_is_counted(tmp_path):
+    corpus, outside = tmp_path / "corpus", tmp_path / "outside"
+    (corpus / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (corpus / "good.txt").write_text(GOOD)
+    (corpus / "sub" / "inner.txt").write_text("Inner document. In a sub folder.")
+    (outside / "passwd.txt").write_text("root:x:0:0:root:/root:/bin/bash. A secret outside the corpus.")
+    os.symlink(corpus / "sub", corpus / "alias")  # inside: read once, as sub/
+    os.symlink("good.txt", corpus / "again.txt")  # inside: read once, as good.txt
+    os.symlink(".", corpus / "loop")  # the folder that holds it
+    os.symlink("ring2", corpus / "ring1")
+    os.symlink("ring1", corpus / "ring2")
+    os.symlink("missing.txt", corpus / "dangling.txt")
+    os.symlink(outside / "passwd.txt", corpus / "passwd.txt")
+    os.symlink(outside, corpus / "elsewhere")
+    docs, skips = read(corpus)
+    assert [d.doc_id for d in docs] == ["good.txt", "sub/inner.txt"]
+    assert {s.source: s.reason for s in skips} == {
+        "again.txt": "symlink_duplicate", "alias": "symlink_duplicate", "loop": "symlink_loop",
+        "ring1": "symlink_loop", "ring2": "symlink_loop", "dangling.txt": "symlink_dangling",
+        "passwd.txt": "symlink_outside", "elsewhere": "symlink_outside",
+    }
+    assert all(s.detail for s in skips)
+    # the stage key hashes what is read: a file outside the corpus is not even opened
+    before = source_fingerprint(IngestConfig(source=str(corpus)))
+    (outside / "passwd.txt").write_text("changed")
+    assert source_fingerprint(IngestConfig(source=str(corpus))) == before

@@ -1,8 +1,17 @@
 """Corpus readers: turn a source (folder, BEIR folder, saved dataset, Hub id, built-in corpus) into
 documents, and every unusable input into a counted, explained skip (never a traceback).
 
-Ids with a control character (a tab or newline in a file name or an id column) are refused
-(``bad_id``): they would break the TSV and JSONL lines later stages write.
+Folders are walked in sorted path order, never through a symbolic link, so nothing is read twice and
+nothing outside the corpus is read. Every link is resolved once and counted as a skip with its reason:
+
+- ``symlink_duplicate``: the target is inside the corpus; it is read (or skipped) under its own path
+- ``symlink_loop``: the target is a folder that contains the link, or the link never resolves
+- ``symlink_outside``: the target leaves the corpus (``passwd.txt -> /etc/passwd`` is never read)
+- ``symlink_dangling``: the target does not exist
+
+Folders that cannot be listed (``unreadable``) and FIFOs, sockets or devices (``not_a_file``) are
+counted too. Ids with a control character (a tab or newline in a file name or an id column) are
+refused (``bad_id``): they would break the TSV and JSONL lines later stages write.
 
 Example::
 
@@ -16,10 +25,12 @@ Example::
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import html.parser
 import io
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -99,7 +110,7 @@ def resolve_source(cfg: IngestConfig) -> tuple[str, str | Path]:
 
 
 def source_fingerprint(cfg: IngestConfig) -> dict[str, str]:
-    """What identifies the input's content, for the stage key."""
+    """What identifies the input's content, for the stage key (for a folder: the files it reads)."""
     kind, loc = resolve_source(cfg)
     digest = hashlib.sha256()
     if kind == "builtin":
@@ -110,11 +121,16 @@ def source_fingerprint(cfg: IngestConfig) -> dict[str, str]:
     if kind == "hub":
         return {"kind": kind, "dataset": str(loc), "revision": _hub_revision(str(loc), cfg)}
     path = Path(loc)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    if kind == "beir":
-        files = [path / "corpus.jsonl"]
-    for f in files:
-        digest.update(str(f.relative_to(path if path.is_dir() else path.parent)).encode() + b"\0")
+    if kind == "folder":
+        files = [item for item in _walk(path) if not isinstance(item, Skip)]
+    elif kind == "beir":
+        files = [(path / "corpus.jsonl", "corpus.jsonl")]
+    elif kind == "file":
+        files = [(path, path.name)]
+    else:
+        files = [(p, str(p.relative_to(path))) for p in sorted(path.rglob("*")) if p.is_file()]
+    for f, rel in files:
+        digest.update(rel.encode() + b"\0")
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 digest.update(block)
@@ -391,18 +407,62 @@ def _read_file(path: Path, rel: str, cfg: IngestConfig) -> Iterator[Document | S
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, str] | Skip]:
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
-            if path.is_file():
+    """Regular files under root in sorted path order, as (path, relative path); the link policy is
+    described in the module docstring."""
+    real_root = Path(os.path.realpath(root))
+    yield from _walk_folder(root, real_root, (), real_root)
+
+
+def _walk_folder(folder: Path, real: Path, parts: tuple[str, ...], real_root: Path
+                 ) -> Iterator[tuple[Path, str] | Skip]:
+    # `real` is folder's resolved path: the walk never goes through a link, so it is real_root/parts
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        yield Skip("/".join(parts) or ".", "unreadable", f"cannot list the folder: {exc.strerror}")
+        return
+    for entry in entries:
+        names = (*parts, entry.name)
+        rel, path = "/".join(names), folder / entry.name
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if any(name.startswith(".") for name in names):
+            if is_dir:  # as before: each file in a hidden folder is counted
+                yield from _walk_folder(path, real / entry.name, names, real_root)
+            else:
                 yield Skip(rel, "hidden", "hidden file")
-            continue
-        if path.is_file():
-            if has_control_chars(rel):
-                yield Skip(shown(rel), "bad_id", "the file name holds a control character (tab, newline, ...) "
-                           "that would break the TSV/JSONL lines the path is written to as the id: rename it")
-                continue
+        elif entry.is_symlink():
+            yield _link_skip(path, rel, real, real_root)
+        elif is_dir:
+            yield from _walk_folder(path, real / entry.name, names, real_root)
+        elif not entry.is_file(follow_symlinks=False):
+            yield Skip(rel, "not_a_file", "not a regular file (a FIFO, socket or device)")
+        elif has_control_chars(rel):
+            yield Skip(shown(rel), "bad_id", "the file name holds a control character (tab, newline, ...) "
+                       "that would break the TSV/JSONL lines the path is written to as the id: rename it")
+        else:
             yield path, rel
+
+
+def _link_skip(link: Path, rel: str, folder_real: Path, real_root: Path) -> Skip:
+    """Why the link at rel (in the folder whose resolved path is folder_real) is not followed."""
+    try:
+        os.stat(link)  # follows the whole chain
+    except FileNotFoundError:
+        return Skip(rel, "symlink_dangling", f"link to {os.readlink(link)}, which does not exist")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Skip(rel, "symlink_loop", "the link never resolves: its chain of links loops back on itself")
+        return Skip(rel, "unreadable", f"cannot follow the link: {exc.strerror}")
+    target = Path(os.path.realpath(link))
+    if not target.is_relative_to(real_root):
+        return Skip(rel, "symlink_outside", f"link to {target}, outside the corpus: links leaving the corpus are "
+                    "never followed; copy what it points to into the corpus to use it")
+    inside = target.relative_to(real_root).as_posix() or "."
+    if folder_real.is_relative_to(target):
+        return Skip(rel, "symlink_loop", f"link to {inside}, a folder that contains the link")
+    return Skip(rel, "symlink_duplicate", f"link to {inside} in the corpus, which is read (or skipped) under "
+                "that path, never twice")
 
 
 def _iter_dataset(ds, label: str, cfg: IngestConfig) -> Iterator[Document | Skip]:
