@@ -78,3 +78,19 @@ def test_symlinks_follow_one_policy_and_each_is_counted(tmp_path):
     before = source_fingerprint(IngestConfig(source=str(corpus)))
     (outside / "passwd.txt").write_text("changed")
     assert source_fingerprint(IngestConfig(source=str(corpus))) == before
+
+
+def test_run_dir_inside_the_corpus_is_never_ingested(cli, tmp_path):
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "good.txt").write_text(GOOD)
+    args = ("ingest", "--source", str(src), "--run-dir", str(src / "run"))
+    assert cli(*args).returncode == 0
+    manifest = json.loads((src / "run/stages/ingest/manifest.json").read_text())
+    assert manifest["counts"]["documents"] == 1 and manifest["counts"]["skipped_by_reason"] == {"run_dir": 1}
+    res = cli(*args)  # its own outputs do not change the input
+    assert res.returncode == 0 and "ingest: skipped" in res.stdout
+    res = cli(*args, "--set", "ingest.chunk_sentences=3")  # a re-run does not read the first run's README.md
+    assert res.returncode == 0 and "ingest: ran" in res.stdout
+    manifest = json.loads((src / "run/stages/ingest/manifest.json").read_text())
+    assert manifest["counts"]["documents"] == 1 and manifest["counts"]["skipped_by_reason"] == {"run_dir": 1}

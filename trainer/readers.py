@@ -10,8 +10,9 @@ nothing outside the corpus is read. Every link is resolved once and counted as a
 - ``symlink_dangling``: the target does not exist
 
 Folders that cannot be listed (``unreadable``) and FIFOs, sockets or devices (``not_a_file``) are
-counted too. Ids with a control character (a tab or newline in a file name or an id column) are
-refused (``bad_id``): they would break the TSV and JSONL lines later stages write.
+counted too. The run directory, when it lies inside the corpus, is skipped once (``run_dir``). Ids
+with a control character (a tab or newline in a file name or an id column) are refused (``bad_id``):
+they would break the TSV and JSONL lines later stages write.
 
 Example::
 
@@ -33,7 +34,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def resolve_source(cfg: IngestConfig) -> tuple[str, str | Path]:
     raise InputError(f"corpus not found: {src} (no such file or folder)")
 
 
-def source_fingerprint(cfg: IngestConfig) -> dict[str, str]:
+def source_fingerprint(cfg: IngestConfig, exclude: Sequence[Path] = ()) -> dict[str, str]:
     """What identifies the input's content, for the stage key (for a folder: the files it reads)."""
     kind, loc = resolve_source(cfg)
     digest = hashlib.sha256()
@@ -122,7 +123,7 @@ def source_fingerprint(cfg: IngestConfig) -> dict[str, str]:
         return {"kind": kind, "dataset": str(loc), "revision": _hub_revision(str(loc), cfg)}
     path = Path(loc)
     if kind == "folder":
-        files = [item for item in _walk(path) if not isinstance(item, Skip)]
+        files = [item for item in _walk(path, exclude) if not isinstance(item, Skip)]
     elif kind == "beir":
         files = [(path / "corpus.jsonl", "corpus.jsonl")]
     elif kind == "file":
@@ -406,15 +407,16 @@ def _read_file(path: Path, rel: str, cfg: IngestConfig) -> Iterator[Document | S
 # --- sources --------------------------------------------------------------------------------------
 
 
-def _walk(root: Path) -> Iterator[tuple[Path, str] | Skip]:
-    """Regular files under root in sorted path order, as (path, relative path); the link policy is
-    described in the module docstring."""
+def _walk(root: Path, exclude: Sequence[Path] = ()) -> Iterator[tuple[Path, str] | Skip]:
+    """Regular files under root in sorted path order, as (path, relative path); the link policy and
+    the skipped folders (``exclude``: the run directory) are described in the module docstring."""
     real_root = Path(os.path.realpath(root))
-    yield from _walk_folder(root, real_root, (), real_root)
+    excluded = {Path(os.path.realpath(p)) for p in exclude}
+    yield from _walk_folder(root, real_root, (), real_root, excluded)
 
 
-def _walk_folder(folder: Path, real: Path, parts: tuple[str, ...], real_root: Path
-                 ) -> Iterator[tuple[Path, str] | Skip]:
+def _walk_folder(folder: Path, real: Path, parts: tuple[str, ...], real_root: Path,
+                 excluded: set[Path]) -> Iterator[tuple[Path, str] | Skip]:
     # `real` is folder's resolved path: the walk never goes through a link, so it is real_root/parts
     try:
         with os.scandir(folder) as it:
@@ -426,15 +428,17 @@ def _walk_folder(folder: Path, real: Path, parts: tuple[str, ...], real_root: Pa
         names = (*parts, entry.name)
         rel, path = "/".join(names), folder / entry.name
         is_dir = entry.is_dir(follow_symlinks=False)
-        if any(name.startswith(".") for name in names):
+        if real / entry.name in excluded:
+            yield Skip(rel, "run_dir", "the run directory (run.dir) is never read as corpus")
+        elif any(name.startswith(".") for name in names):
             if is_dir:  # as before: each file in a hidden folder is counted
-                yield from _walk_folder(path, real / entry.name, names, real_root)
+                yield from _walk_folder(path, real / entry.name, names, real_root, excluded)
             else:
                 yield Skip(rel, "hidden", "hidden file")
         elif entry.is_symlink():
             yield _link_skip(path, rel, real, real_root)
         elif is_dir:
-            yield from _walk_folder(path, real / entry.name, names, real_root)
+            yield from _walk_folder(path, real / entry.name, names, real_root, excluded)
         elif not entry.is_file(follow_symlinks=False):
             yield Skip(rel, "not_a_file", "not a regular file (a FIFO, socket or device)")
         elif has_control_chars(rel):
@@ -474,7 +478,7 @@ def _iter_dataset(ds, label: str, cfg: IngestConfig) -> Iterator[Document | Skip
         yield rec.row(row, n, cols)
 
 
-def _iter_raw(cfg: IngestConfig) -> Iterator[Document | Skip]:
+def _iter_raw(cfg: IngestConfig, exclude: Sequence[Path]) -> Iterator[Document | Skip]:
     kind, loc = resolve_source(cfg)
     if kind == "builtin":
         from pydoc_data.topics import topics
@@ -486,7 +490,7 @@ def _iter_raw(cfg: IngestConfig) -> Iterator[Document | Skip]:
     elif kind == "file":
         yield from _read_file(Path(loc), Path(loc).name, cfg)
     elif kind == "folder":
-        for item in _walk(Path(loc)):
+        for item in _walk(Path(loc), exclude):
             if isinstance(item, Skip):
                 yield item
             else:
@@ -516,12 +520,13 @@ def normalized_hash(text: str) -> str:
     return hashlib.sha256(" ".join(text.split()).lower().encode()).hexdigest()
 
 
-def iter_documents(cfg: IngestConfig) -> Iterator[Document | Skip]:
-    """Documents in a deterministic order, de-duplicated, ids made unique; skips along the way."""
+def iter_documents(cfg: IngestConfig, exclude: Sequence[Path] = ()) -> Iterator[Document | Skip]:
+    """Documents in a deterministic order, de-duplicated, ids made unique; skips along the way.
+    Folders in ``exclude`` (the run directory) are not read."""
     seen_text: dict[str, str] = {}
     seen_ids: set[str] = set()
     kept = 0
-    for item in _iter_raw(cfg):
+    for item in _iter_raw(cfg, exclude):
         if isinstance(item, Skip):
             yield item
             continue
