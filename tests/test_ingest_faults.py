@@ -94,3 +94,13 @@ def test_run_dir_inside_the_corpus_is_never_ingested(cli, tmp_path):
     assert res.returncode == 0 and "ingest: ran" in res.stdout
     manifest = json.loads((src / "run/stages/ingest/manifest.json").read_text())
     assert manifest["counts"]["documents"] == 1 and manifest["counts"]["skipped_by_reason"] == {"run_dir": 1}
+
+
+def test_a_malformed_csv_row_skips_only_that_row(tmp_path):
+    (tmp_path / "t.csv").write_text(
+        "text,title\nFirst row. Kept.,A\nAn unquoted, comma,B\nThird row. Kept too.,C\n"
+    )
+    docs, skips = read(tmp_path)
+    assert [(d.doc_id, d.title) for d in docs] == [("t.csv#1", "A"), ("t.csv#2", "C")]
+    assert [(s.source, s.reason) for s in skips] == [("t.csv:3", "bad_record")]
+    assert "line 3" in skips[0].detail and "expected 2 fields, saw 3" in skips[0].detail

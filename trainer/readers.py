@@ -34,6 +34,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,6 +321,33 @@ def _read_frame(frame, rel: str, cfg: IngestConfig) -> Iterator[Document | Skip]
         yield rec.row(row, n, cols)
 
 
+_BAD_CSV_LINE = re.compile(r"Skipping line (\d+): ([^\n]+)")  # pandas' warning for a malformed row
+
+
+def _read_csv(text: str, rel: str, cfg: IngestConfig) -> Iterator[Document | Skip]:
+    import pandas as pd
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        try:
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, on_bad_lines="warn")
+        except (pd.errors.ParserError, csv.Error, ValueError) as exc:
+            yield Skip(rel, "bad_file", f"cannot parse CSV: {exc}")
+            return
+    # a malformed row (more fields than the header: an unquoted comma?) is skipped alone, not the file
+    for w in caught:
+        if not issubclass(w.category, pd.errors.ParserWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            continue
+        found = _BAD_CSV_LINE.findall(str(w.message))
+        for line, why in found:
+            yield Skip(f"{rel}:{line}", "bad_record", f"line {line}: {why}; only this row is skipped "
+                       "(quote fields that hold a comma)")
+        if not found:  # pandas worded it differently: still counted
+            yield Skip(rel, "bad_record", f"CSV rows skipped: {str(w.message).strip()}")
+    yield from _read_frame(frame, rel, cfg)
+
+
 def _read_pdf(path: Path, rel: str, cfg: IngestConfig) -> Iterator[Document | Skip]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
@@ -384,14 +412,7 @@ def _read_file(path: Path, rel: str, cfg: IngestConfig) -> Iterator[Document | S
                    "iconv -f latin1 -t utf-8)")
         return
     if suffix == ".csv":
-        import pandas as pd
-
-        try:
-            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, csv.Error, ValueError) as exc:
-            yield Skip(rel, "bad_file", f"cannot parse CSV: {exc}")
-            return
-        yield from _read_frame(frame, rel, cfg)
+        yield from _read_csv(text, rel, cfg)
         return
     title = ""
     if suffix in {".html", ".htm"}:
