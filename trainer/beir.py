@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,18 @@ from trainer.chunking import passage_text
 from trainer.errors import InputError
 from trainer.files import atomic_dir
 
-_BAD_ID_CHARS = ("\t", "\n", "\r")
+# characters that end or split a TSV/JSONL line: C0/C1 controls (tab, newline, ...), U+2028, U+2029
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control_chars(text: str) -> bool:
+    """True when text holds a character that would break a TSV or JSONL line (tab, newline, ...)."""
+    return _LINE_BREAKING.search(text) is not None
+
+
+def shown(text: str) -> str:
+    """text with its control characters escaped (\\t, \\n, \\x1b), safe to print on one line."""
+    return _LINE_BREAKING.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 @dataclass
@@ -127,10 +139,13 @@ def sample(data: BeirData, *, max_queries: int, max_corpus: int, seed: int = 42)
     )
 
 
-def check_id(value: str, what: str) -> str:
-    """An id that can go into a TSV or JSONL line unchanged (no tab or line break), else an InputError."""
-    if any(c in value for c in _BAD_ID_CHARS):
-        raise InputError(f"{what} {value!r} contains a tab or line break, which BEIR files cannot hold")
+def check_id(value: str, dest: Path) -> str:
+    """An id that can go into a TSV or JSONL line unchanged (no control character), else an InputError."""
+    if has_control_chars(value):
+        raise InputError(
+            f"cannot write {dest}: the id '{shown(value)}' holds a control character (tab, newline, ...) that "
+            "would break its line; re-run ingest, which skips such ids (reason bad_id)"
+        )
     return value
 
 
@@ -149,17 +164,17 @@ def write_beir(
         (tmp / "qrels").mkdir()
         with (tmp / "corpus.jsonl").open("w", encoding="utf-8") as fh:
             for cid, doc in corpus.items():
-                row = {"_id": check_id(cid, "document id"), "title": doc.get("title") or "", "text": doc.get("text")}
+                row = {"_id": check_id(cid, dest), "title": doc.get("title") or "", "text": doc.get("text")}
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         with (tmp / "queries.jsonl").open("w", encoding="utf-8") as qf, \
                 (tmp / "qrels" / f"{split}.tsv").open("w", encoding="utf-8") as rf:
             rf.write("query-id\tcorpus-id\tscore\n")
             for qid, text in queries.items():
-                row = {"_id": check_id(qid, "query id"), "text": text}
+                row = {"_id": check_id(qid, dest), "text": text}
                 if query_metadata and qid in query_metadata:
                     row["metadata"] = dict(query_metadata[qid])
                 qf.write(json.dumps(row, ensure_ascii=False) + "\n")
                 for did, score in (qrels.get(qid) or {}).items():
-                    rf.write(f"{qid}\t{check_id(did, 'document id')}\t{int(score)}\n")
+                    rf.write(f"{qid}\t{check_id(did, dest)}\t{int(score)}\n")
                     n += 1
     return n

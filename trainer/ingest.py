@@ -5,7 +5,8 @@ Outputs in ``<run>/stages/ingest/``:
 - ``documents/``: a ``datasets`` Dataset (doc_id, title, text, source, sha256)
 - ``chunks/``: a Dataset (chunk_id, doc_id, chunk_index, title, text, start, end, n_tokens,
   n_sentences); ``text == document.text[start:end]``
-- ``skipped.jsonl``: one line per skipped input (source, reason, detail)
+- ``skipped.jsonl``: one line per skipped input (source, reason, detail); the run directory itself,
+  when it lies inside the corpus folder, is one skip (``run_dir``) and never read
 - ``README.md``: a dataset card for the chunked corpus
 
 Work is done in shards of ``ingest.shard_size`` documents saved under ``_work/``; a killed run
@@ -111,7 +112,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         crash_point(f"ingest.shard.{len(shards)}")
 
     bar = tqdm(desc="ingest", unit="doc", disable=None)
-    for item in iter_documents(cfg.ingest):
+    for item in iter_documents(cfg.ingest, exclude=(cfg.run.dir,)):  # never our own outputs
         if isinstance(item, Skip):
             skips.append(item)
             continue
@@ -163,7 +164,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 def _inputs(cfg: Config) -> dict[str, str]:
-    return source_fingerprint(cfg.ingest)
+    return source_fingerprint(cfg.ingest, exclude=(cfg.run.dir,))
 
 
 STAGE = Stage(

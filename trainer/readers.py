@@ -1,6 +1,19 @@
 """Corpus readers: turn a source (folder, BEIR folder, saved dataset, Hub id, built-in corpus) into
 documents, and every unusable input into a counted, explained skip (never a traceback).
 
+Folders are walked in sorted path order, never through a symbolic link, so nothing is read twice and
+nothing outside the corpus is read. Every link is resolved once and counted as a skip with its reason:
+
+- ``symlink_duplicate``: the target is inside the corpus; it is read (or skipped) under its own path
+- ``symlink_loop``: the target is a folder that contains the link, or the link never resolves
+- ``symlink_outside``: the target leaves the corpus (``passwd.txt -> /etc/passwd`` is never read)
+- ``symlink_dangling``: the target does not exist
+
+Folders that cannot be listed (``unreadable``) and FIFOs, sockets or devices (``not_a_file``) are
+counted too. The run directory, when it lies inside the corpus, is skipped once (``run_dir``). Ids
+with a control character (a tab or newline in a file name or an id column) are refused (``bad_id``):
+they would break the TSV and JSONL lines later stages write.
+
 Example::
 
     >>> from trainer.config import IngestConfig
@@ -13,15 +26,20 @@ Example::
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import html.parser
 import io
 import json
+import os
+import re
 import sys
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.beir import has_control_chars, shown
 from trainer.config import IngestConfig
 from trainer.errors import InputError
 from trainer.models import hub_reachable, is_offline
@@ -33,8 +51,6 @@ TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".html", ".htm"}
 TABLE_SUFFIXES = {".jsonl", ".csv", ".parquet", ".pdf"}
 BUILTINS = ("python-docs",)
 _MB = 1024 * 1024
-
-
 @dataclass(frozen=True)
 class Document:
     doc_id: str
@@ -82,8 +98,8 @@ def resolve_source(cfg: IngestConfig) -> tuple[str, str | Path]:
     raise InputError(f"corpus not found: {src} (no such file or folder)")
 
 
-def source_fingerprint(cfg: IngestConfig) -> dict[str, str]:
-    """What identifies the input's content, for the stage key."""
+def source_fingerprint(cfg: IngestConfig, exclude: Sequence[Path] = ()) -> dict[str, str]:
+    """What identifies the input's content, for the stage key (for a folder: the files it reads)."""
     kind, loc = resolve_source(cfg)
     digest = hashlib.sha256()
     if kind == "builtin":
@@ -94,11 +110,16 @@ def source_fingerprint(cfg: IngestConfig) -> dict[str, str]:
     if kind == "hub":
         return {"kind": kind, "dataset": str(loc), "revision": _hub_revision(str(loc), cfg)}
     path = Path(loc)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    if kind == "beir":
-        files = [path / "corpus.jsonl"]
-    for f in files:
-        digest.update(str(f.relative_to(path if path.is_dir() else path.parent)).encode() + b"\0")
+    if kind == "folder":
+        files = [item for item in _walk(path, exclude) if not isinstance(item, Skip)]
+    elif kind == "beir":
+        files = [(path / "corpus.jsonl", "corpus.jsonl")]
+    elif kind == "file":
+        files = [(path, path.name)]
+    else:
+        files = [(p, str(p.relative_to(path))) for p in sorted(path.rglob("*")) if p.is_file()]
+    for f, rel in files:
+        digest.update(rel.encode() + b"\0")
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 digest.update(block)
@@ -287,6 +308,33 @@ def _read_frame(frame, rel: str, cfg: IngestConfig) -> Iterator[Document | Skip]
         yield rec.row(row, n, cols)
 
 
+_BAD_CSV_LINE = re.compile(r"Skipping line (\d+): ([^\n]+)")  # pandas' warning for a malformed row
+
+
+def _read_csv(text: str, rel: str, cfg: IngestConfig) -> Iterator[Document | Skip]:
+    import pandas as pd
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        try:
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, on_bad_lines="warn")
+        except (pd.errors.ParserError, csv.Error, ValueError) as exc:
+            yield Skip(rel, "bad_file", f"cannot parse CSV: {exc}")
+            return
+    # a malformed row (more fields than the header: an unquoted comma?) is skipped alone, not the file
+    for w in caught:
+        if not issubclass(w.category, pd.errors.ParserWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            continue
+        found = _BAD_CSV_LINE.findall(str(w.message))
+        for line, why in found:
+            yield Skip(f"{rel}:{line}", "bad_record", f"line {line}: {why}; only this row is skipped "
+                       "(quote fields that hold a comma)")
+        if not found:  # pandas worded it differently: still counted
+            yield Skip(rel, "bad_record", f"CSV rows skipped: {str(w.message).strip()}")
+    yield from _read_frame(frame, rel, cfg)
+
+
 def _read_pdf(path: Path, rel: str, cfg: IngestConfig) -> Iterator[Document | Skip]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
@@ -351,14 +399,7 @@ def _read_file(path: Path, rel: str, cfg: IngestConfig) -> Iterator[Document | S
                    "iconv -f latin1 -t utf-8)")
         return
     if suffix == ".csv":
-        import pandas as pd
-
-        try:
-            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, csv.Error, ValueError) as exc:
-            yield Skip(rel, "bad_file", f"cannot parse CSV: {exc}")
-            return
-        yield from _read_frame(frame, rel, cfg)
+        yield from _read_csv(text, rel, cfg)
         return
     title = ""
     if suffix in {".html", ".htm"}:
@@ -374,15 +415,66 @@ def _read_file(path: Path, rel: str, cfg: IngestConfig) -> Iterator[Document | S
 # --- sources --------------------------------------------------------------------------------------
 
 
-def _walk(root: Path) -> Iterator[tuple[Path, str] | Skip]:
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
-            if path.is_file():
+def _walk(root: Path, exclude: Sequence[Path] = ()) -> Iterator[tuple[Path, str] | Skip]:
+    """Regular files under root in sorted path order, as (path, relative path); the link policy and
+    the skipped folders (``exclude``: the run directory) are described in the module docstring."""
+    real_root = Path(os.path.realpath(root))
+    excluded = {Path(os.path.realpath(p)) for p in exclude}
+    yield from _walk_folder(root, real_root, (), real_root, excluded)
+
+
+def _walk_folder(folder: Path, real: Path, parts: tuple[str, ...], real_root: Path,
+                 excluded: set[Path]) -> Iterator[tuple[Path, str] | Skip]:
+    # `real` is folder's resolved path: the walk never goes through a link, so it is real_root/parts
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        yield Skip("/".join(parts) or ".", "unreadable", f"cannot list the folder: {exc.strerror}")
+        return
+    for entry in entries:
+        names = (*parts, entry.name)
+        rel, path = "/".join(names), folder / entry.name
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if real / entry.name in excluded:
+            yield Skip(rel, "run_dir", "the run directory (run.dir) is never read as corpus")
+        elif any(name.startswith(".") for name in names):
+            if is_dir:  # as before: each file in a hidden folder is counted
+                yield from _walk_folder(path, real / entry.name, names, real_root, excluded)
+            else:
                 yield Skip(rel, "hidden", "hidden file")
-            continue
-        if path.is_file():
+        elif entry.is_symlink():
+            yield _link_skip(path, rel, real, real_root)
+        elif is_dir:
+            yield from _walk_folder(path, real / entry.name, names, real_root, excluded)
+        elif not entry.is_file(follow_symlinks=False):
+            yield Skip(rel, "not_a_file", "not a regular file (a FIFO, socket or device)")
+        elif has_control_chars(rel):
+            yield Skip(shown(rel), "bad_id", "the file name holds a control character (tab, newline, ...) "
+                       "that would break the TSV/JSONL lines the path is written to as the id: rename it")
+        else:
             yield path, rel
+
+
+def _link_skip(link: Path, rel: str, folder_real: Path, real_root: Path) -> Skip:
+    """Why the link at rel (in the folder whose resolved path is folder_real) is not followed."""
+    try:
+        os.stat(link)  # follows the whole chain
+    except FileNotFoundError:
+        return Skip(rel, "symlink_dangling", f"link to {os.readlink(link)}, which does not exist")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Skip(rel, "symlink_loop", "the link never resolves: its chain of links loops back on itself")
+        return Skip(rel, "unreadable", f"cannot follow the link: {exc.strerror}")
+    target = Path(os.path.realpath(link))
+    if not target.is_relative_to(real_root):
+        return Skip(rel, "symlink_outside", f"link to {target}, outside the corpus: links leaving the corpus are "
+                    "never followed; copy what it points to into the corpus to use it")
+    inside = target.relative_to(real_root).as_posix() or "."
+    if folder_real.is_relative_to(target):
+        return Skip(rel, "symlink_loop", f"link to {inside}, a folder that contains the link")
+    return Skip(rel, "symlink_duplicate", f"link to {inside} in the corpus, which is read (or skipped) under "
+                "that path, never twice")
 
 
 def _iter_dataset(ds, label: str, cfg: IngestConfig) -> Iterator[Document | Skip]:
@@ -394,7 +486,7 @@ def _iter_dataset(ds, label: str, cfg: IngestConfig) -> Iterator[Document | Skip
         yield rec.row(row, n, cols)
 
 
-def _iter_raw(cfg: IngestConfig) -> Iterator[Document | Skip]:
+def _iter_raw(cfg: IngestConfig, exclude: Sequence[Path]) -> Iterator[Document | Skip]:
     kind, loc = resolve_source(cfg)
     if kind == "builtin":
         from pydoc_data.topics import topics
@@ -406,7 +498,7 @@ def _iter_raw(cfg: IngestConfig) -> Iterator[Document | Skip]:
     elif kind == "file":
         yield from _read_file(Path(loc), Path(loc).name, cfg)
     elif kind == "folder":
-        for item in _walk(Path(loc)):
+        for item in _walk(Path(loc), exclude):
             if isinstance(item, Skip):
                 yield item
             else:
@@ -436,14 +528,20 @@ def normalized_hash(text: str) -> str:
     return hashlib.sha256(" ".join(text.split()).lower().encode()).hexdigest()
 
 
-def iter_documents(cfg: IngestConfig) -> Iterator[Document | Skip]:
-    """Documents in a deterministic order, de-duplicated, ids made unique; skips along the way."""
+def iter_documents(cfg: IngestConfig, exclude: Sequence[Path] = ()) -> Iterator[Document | Skip]:
+    """Documents in a deterministic order, de-duplicated, ids made unique; skips along the way.
+    Folders in ``exclude`` (the run directory) are not read."""
     seen_text: dict[str, str] = {}
     seen_ids: set[str] = set()
     kept = 0
-    for item in _iter_raw(cfg):
+    for item in _iter_raw(cfg, exclude):
         if isinstance(item, Skip):
             yield item
+            continue
+        if has_control_chars(item.doc_id):
+            yield Skip(shown(item.doc_id), "bad_id", "the id holds a control character (tab, newline, ...) that "
+                       "would break the TSV/JSONL lines it is written to: fix the id column (ingest.id_column) "
+                       "or rename the file")
             continue
         if cfg.max_documents is not None and kept >= cfg.max_documents:
             yield Skip(item.doc_id, "over_max_documents", f"ingest.max_documents={cfg.max_documents} reached")
