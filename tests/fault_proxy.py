@@ -3,8 +3,9 @@
 It forwards every request unchanged, except: the next ``fail`` requests get HTTP ``status`` (with
 Retry-After), and the next ``garbage`` chat completions get a well-formed response whose content
 is not a usable query, and the next ``copies`` get a query that copies the first words of the prompt's
-passage (the easiness filter's case). ``answers`` records each forwarded chat answer with its passage.
-``upstream`` can be swapped while running (a restarted server).
+passage (the easiness filter's case). The next ``bad_replies`` chat completions get HTTP 200 with
+``bad_body`` (``bad_type`` as Content-Type): a reply that is not a chat completion. ``answers`` records
+each forwarded chat answer with its passage. ``upstream`` can be swapped while running (a restarted server).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ class FaultProxy:
         self.status = 503
         self.garbage = 0
         self.copies = 0
+        self.bad_replies = 0
+        self.bad_body = b'{"object": "chat.completion"}'  # a 200 without choices
+        self.bad_type = "application/json"
         self.copied: list[str] = []  # the injected copies, in order
         self.answers: list[tuple[str, str]] = []  # (passage, content) of each forwarded chat completion
         self.always_stream = False  # answer non-streaming chat requests as a stream (transformers serve 4.x)
@@ -35,9 +39,10 @@ class FaultProxy:
             def log_message(self, *args):
                 pass
 
-            def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None):
+            def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None,
+                      content_type: str = "application/json"):
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
@@ -54,6 +59,9 @@ class FaultProxy:
                         proxy.fail -= 1
                         return self._send(proxy.status, b'{"error": "injected"}', {"Retry-After": "0"})
                     chat = self.path.endswith("/chat/completions")
+                    if chat and proxy.bad_replies > 0:
+                        proxy.bad_replies -= 1
+                        return self._send(200, proxy.bad_body, content_type=proxy.bad_type)
                     content = None
                     if chat and proxy.garbage > 0:
                         proxy.garbage -= 1

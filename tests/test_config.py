@@ -66,6 +66,16 @@ def test_bad_yaml_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path, cli):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("domain: code\n# r\u00e9sum\u00e9 of the run\ntrain:\n  lr: 2e-5\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml is not UTF-8 text \(byte 0xe9 on line 2\)"):
+        load_config(path)
+    res = cli("config", "-c", str(path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: ") and "save it as UTF-8" in res.stderr and str(path) in res.stderr
+
+
 def test_section_hash_changes_only_with_its_section():
     a, b = Config(), load_config(None, ["train.lr=2e-5"])
     assert a.section_hash("ingest") == b.section_hash("ingest")

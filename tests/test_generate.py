@@ -251,6 +251,21 @@ def test_killed_generation_resumes_without_asking_again(tmp_path, cli):
     assert not pid_alive(pid)
 
 
+def test_a_rejected_token_stops_generation_with_one_message(tmp_path, cli):
+    """A 401 is the token, not the structured-output request: no fallback, no retry, one message, exit 2."""
+    with FaultProxy("http://127.0.0.1:9/v1") as proxy:  # answers 401 itself: no upstream is reached
+        proxy.fail, proxy.status = 100, 401
+        res = cli("run", "--to", "generate", "--run-dir", str(tmp_path), "--source", "builtin:python-docs",
+                  "--set", "domain=code", "--set", f"generate.endpoint={proxy.base_url}",
+                  "--set", "generate.sample_documents=1", "--set", "generate.max_chunks_per_document=1",
+                  "--set", "generate.concurrency=1", env={"HF_TOKEN": "hf_PlantedFakeTokenForTests0123456789"})
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "rejected the token (HTTP 401" in res.stderr and "HF_TOKEN" in res.stderr
+    assert "structured output" not in res.stderr and "Traceback" not in res.stderr
+    assert "PlantedFakeToken" not in res.stderr
+    assert proxy.requests <= 2  # the task that failed and the one queued behind it: no retry, no fallback
+
+
 def test_generation_sample_and_test_split_are_independent():
     """Same seed, different purposes: the held-out documents must not be exactly the unsampled ones."""
     from trainer.mine import split_documents

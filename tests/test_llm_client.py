@@ -156,3 +156,43 @@ def test_switches_to_streaming_for_servers_that_always_stream(server):
         kw = {"max_tokens": 8, "temperature": 0.0, "seed": 3}
         assert client.chat(MSGS, **kw) == ChatClient(server.base_url, max_retries=0).chat(MSGS, **kw)
         assert client.stream is True
+
+
+# --- replies that are not chat completions (the proxy answers them itself: no upstream needed) ------
+
+NOWHERE = "http://127.0.0.1:9/v1"  # the proxy's upstream, never reached in these tests
+
+
+def test_a_200_without_choices_is_an_endpoint_error_quoting_the_reply():
+    with FaultProxy(NOWHERE) as proxy:
+        proxy.bad_replies, proxy.bad_body = 1, b'{"error": {"message": "model is loading"}}'
+        client = ChatClient(proxy.base_url, max_retries=2, backoff_s=0.01)
+        with pytest.raises(EndpointError) as info:
+            client.chat(MSGS, max_tokens=4)
+    msg = str(info.value)
+    assert "not with a chat completion" in msg and "model is loading" in msg and "/v1" in msg
+    assert proxy.requests == 1  # a server that answers junk is not asked again
+
+
+def test_a_200_that_is_not_json_is_not_taken_for_a_stream():
+    with FaultProxy(NOWHERE) as proxy:
+        proxy.bad_replies, proxy.bad_type = 2, "text/html"
+        proxy.bad_body = b"<html><body>Sign in to continue</body></html>"
+        client = ChatClient(proxy.base_url, max_retries=0)
+        with pytest.raises(EndpointError, match=r"not JSON: '<html><body>Sign in to continue"):
+            client.chat(MSGS, max_tokens=4)
+        assert client.stream is False and proxy.requests == 1
+
+
+@pytest.mark.parametrize(("status", "token", "said"), [
+    (401, TOKEN, "rejected the token"), (403, TOKEN, "rejected the token"), (401, None, "requires a token"),
+])
+def test_401_and_403_say_the_token_is_rejected(status, token, said):
+    with FaultProxy(NOWHERE) as proxy:
+        proxy.fail, proxy.status = 3, status
+        client = ChatClient(proxy.base_url, token=token, max_retries=2, backoff_s=0.01)
+        with pytest.raises(EndpointError) as info:
+            client.chat(MSGS, max_tokens=4)
+    msg = str(info.value)
+    assert said in msg and f"HTTP {status}" in msg and "HF_TOKEN" in msg and TOKEN not in msg
+    assert info.value.exhausted and proxy.requests == 1  # no retry: the same token fails again

@@ -140,3 +140,86 @@ def test_config_history_is_kept(tmp_path):
     rd.save_config(load_config(None, ["train.lr=2e-5"]))
     assert len(list((tmp_path / "history").iterdir())) == 1
     assert "lr: 2.0e-05" in (tmp_path / "config.yaml").read_text()
+
+
+def test_an_undeclared_read_or_write_fails_loudly(tmp_path):
+    calls = []
+    a, _ = toy_stages(calls)
+    rd = RunDir(tmp_path)
+    run_stage(a, load_config(), rd)
+
+    def sneaky_read(ctx):
+        return {"text": ctx.input("a", "out.txt").read_text()}
+
+    with pytest.raises(StageError, match=r"read a/out.txt, which it does not declare"):
+        run_stage(Stage(name="c", run=sneaky_read, sections=()), load_config(), rd)
+
+    def sneaky_write(ctx):
+        ctx.output("other.txt").write_text("x")
+        return {}
+
+    with pytest.raises(StageError, match=r"wrote 'other.txt', which it does not declare"):
+        run_stage(Stage(name="d", run=sneaky_write, sections=(), writes=("out.txt",)), load_config(), rd)
+
+    def forgets(ctx):
+        return {}
+
+    with pytest.raises(StageError, match=r"without writing its declared outputs \['out.txt'\]"):
+        run_stage(Stage(name="e", run=forgets, sections=(), writes=("out.txt",)), load_config(), rd)
+
+
+def test_status_verifies_outputs_not_only_manifests(tmp_path):
+    calls = []
+    a, b = toy_stages(calls)
+    rd, cfg = RunDir(tmp_path), load_config()
+    run_stage(a, cfg, rd)
+    run_stage(b, cfg, rd)
+    (rd.stage_dir("b") / "out.txt").unlink()
+    assert stage_status(b, cfg, rd) == "stale (output out.txt missing: run it again)"
+    assert run_stage(b, cfg, rd).action == "ran"
+    (rd.stage_dir("a") / "out.txt").write_text("edited")
+    assert stage_status(a, cfg, rd) == "stale (output out.txt modified: run it again)"
+
+
+def test_a_log_beside_an_output_does_not_rerun_downstream(tmp_path):
+    """Only the outputs a stage reads are in its key: a log or undeclared file next to them changes nothing."""
+    calls = []
+    a, b = toy_stages(calls)
+    rd, cfg = RunDir(tmp_path), load_config()
+    run_stage(a, cfg, rd)
+    key = run_stage(b, cfg, rd).manifest["key"]
+    (rd.stage_dir("a") / "server.log").write_text("a log line the server wrote later")
+    assert stage_status(b, cfg, rd) == "complete"
+    again = run_stage(b, cfg, rd)
+    assert again.action == "skipped" and again.manifest["key"] == key
+
+
+def test_optional_inputs_are_absent_until_their_stage_finishes(tmp_path):
+    calls = []
+    a, _ = toy_stages(calls)
+    seen = []
+
+    def run(ctx):
+        seen.append(ctx.input("a", "out.txt"))
+        (ctx.dir / "x.txt").write_text("x")
+        return {}
+
+    c = Stage(name="c", run=run, sections=(), reads=(Input("a", "out.txt", optional=True),), writes=("x.txt",))
+    rd, cfg = RunDir(tmp_path), load_config()
+    first = run_stage(c, cfg, rd)
+    assert seen == [None] and first.manifest["identity"]["upstream"] == {"a/out.txt": "absent"}
+    run_stage(a, cfg, rd)
+    assert stage_status(c, cfg, rd).startswith("stale")  # a new input appeared
+    assert run_stage(c, cfg, rd).action == "ran" and seen[-1] == rd.stage_dir("a") / "out.txt"
+
+
+def test_every_read_names_an_output_its_stage_declares(tmp_path):
+    from trainer.pipeline import STAGE_NAMES, STAGES, output_path
+
+    for stage in STAGES.values():
+        for i in stage.reads:
+            assert i.output in STAGES[i.stage].outputs, f"{stage.name} reads {i.stage}/{i.output}, never written"
+            assert STAGE_NAMES.index(i.stage) < STAGE_NAMES.index(stage.name)
+    assert output_path(tmp_path, "train", "model") == tmp_path / "stages" / "train" / "model"
+    with pytest.raises(StageError, match="has no output 'models'"):
+        output_path(tmp_path, "train", "models")

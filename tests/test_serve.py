@@ -195,3 +195,18 @@ def test_cli_reports_a_missing_model_and_exits_2(tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2
     assert "holds no exported ONNX model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_reports_a_damaged_onnx_file_and_exits_2(tmp_path, cli):
+    """A folder that looks exported (config, tokenizer, modules.json) but whose ONNX file is not a model."""
+    import shutil
+
+    src = Path(resolve_model("sentence-transformers/all-MiniLM-L6-v2", offline=True))
+    folder = tmp_path / "broken"
+    shutil.copytree(src, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "onnx", "openvino"))
+    (folder / "onnx").mkdir()
+    (folder / "onnx/model.onnx").write_bytes(b"\x08\x07" + b"a file cut short" * 64)
+    res = cli("serve", "--model", str(folder))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"{folder / 'onnx/model.onnx'} cannot be loaded (InvalidProtobuf" in res.stderr
+    assert "export --force" in res.stderr and len(res.stderr.strip().splitlines()) == 1

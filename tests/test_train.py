@@ -209,6 +209,48 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
+def test_a_damaged_checkpoint_is_moved_aside_and_training_resumes_from_the_one_before(tmp_path):
+    """A truncated model.safetensors in the newest checkpoint (a full disk, a bad copy) must not make every
+    later run die: it is moved to <run>/archive/ and training resumes from the checkpoint before it."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from tests.train_fixtures import FAKE_MINE, TINY
+        from trainer.config import load_config
+        from trainer.logs import setup_console
+        from trainer.rundir import RunDir, run_stage
+        from trainer.train import STAGE
+        setup_console()
+        cfg = load_config(None, TINY + ["train.val_fraction=0", "train.epochs=2", "run.dir=" + sys.argv[1]])
+        run_stage(FAKE_MINE, cfg, RunDir(cfg.run.dir))
+        print(run_stage(STAGE, cfg, RunDir(cfg.run.dir)).action)
+    """)
+
+    def run(crash=None):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"DOMAIN_EMBED_CRASH_AT": crash} if crash else {})}
+        return subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    res = run(crash="train.step.4")  # killed after saving its last checkpoint, before the final model
+    assert res.returncode == -9, res.stderr[-3000:]
+    ckpt = tmp_path / "stages/train/_work/run/checkpoints/checkpoint-4"
+    weights = ckpt / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as fh:
+        fh.truncate(size // 2)
+
+    res = run()
+    assert res.returncode == 0 and res.stdout.strip().endswith("resumed"), res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if "damaged checkpoint" in line]
+    assert len(lines) == 1 and "checkpoint-4 (model.safetensors:" in lines[0], res.stderr[-3000:]
+    assert lines[0].endswith("resuming from checkpoint-2")
+    counts = json.loads((tmp_path / "stages/train/manifest.json").read_text())["counts"]
+    assert counts["resumed_from_step"] == 2 and counts["steps"] == 4
+    kept = list((tmp_path / "archive").glob("train-run-checkpoint-4-damaged-*/model.safetensors"))
+    assert len(kept) == 1 and kept[0].stat().st_size == size // 2  # moved aside as it was, not deleted
+
+
 def test_lr_sweep_keeps_the_best_by_validation_ndcg(tmp_path):
     outcome = train(tmp_path, "train.lr_sweep=[1e-6, 1e-4]", "train.epochs=1")
     counts = outcome.manifest["counts"]

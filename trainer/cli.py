@@ -1,8 +1,9 @@
 """Command line: ``python -m trainer <stage>`` runs one stage, ``run --to STAGE`` the chain.
 
 Every command reads the same typed config (``-c config.yaml``), with ``--set section.key=value``
-overrides, and works in the run directory ``run.dir``. Errors the user can fix are printed as one
-clear message (exit 2), never as a traceback.
+overrides, and works in the run directory ``run.dir``. Errors the user can fix (bad settings or input,
+a server's reply, a full disk or a file in the way) are printed as one clear message (exit 2), never as
+a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import textwrap
 
 from trainer.config import Config, explain, load_config
-from trainer.errors import TrainerError
+from trainer.errors import TrainerError, disk_error
 from trainer.logs import redact, setup_console
 
 EPILOG = """\
@@ -152,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except TrainerError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        error = disk_error(exc)  # a full disk, a file in the way, ...: from outside, and the user can fix it
+        if error is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)

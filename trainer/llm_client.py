@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -29,11 +30,26 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class EndpointError(TrainerError):
-    """The generation endpoint failed after all retries (``exhausted``), or refused the request."""
+    """The generation endpoint failed, refused the request, or answered something that is not a chat completion.
+
+    ``exhausted``: asking again cannot help, whatever the request: the retries ran out, or the server
+    rejected the token (so the caller must not take it for a refusal of this particular request).
+    """
 
     def __init__(self, message: str, *, exhausted: bool = False):
         super().__init__(message)
         self.exhausted = exhausted
+
+
+class _NotACompletion(Exception):
+    """A 200 reply that is not a chat completion; its message quotes what the server sent."""
+
+
+def _quote(body: object, limit: int = 200) -> str:
+    """The start of a server's reply, on one line, secrets redacted (for an error message)."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    text = " ".join(text.split())
+    return repr(redact(text[:limit] + ("..." if len(text) > limit else "")))
 
 
 def allow_loopback_when_offline() -> None:
@@ -92,11 +108,18 @@ class ChatClient:
     def _complete(self, messages, **params: Any) -> str:
         if not self.stream:
             out = self._client.chat_completion(messages=messages, model=self.model, **params)
-            return out.choices[0].message.content or ""
-        parts = []
+            choices = getattr(out, "choices", None)
+            if not choices or getattr(choices[0], "message", None) is None:  # e.g. {"error": ...} with a 200
+                sent = {k: v for k, v in out.items() if v is not None} if isinstance(out, dict) else out
+                raise _NotACompletion(f"a reply without 'choices': {_quote(json.dumps(sent, default=str))}")
+            return choices[0].message.content or ""
+        parts, chunks = [], 0
         for chunk in self._client.chat_completion(messages=messages, model=self.model, stream=True, **params):
+            chunks += 1
             if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
                 parts.append(chunk.choices[0].delta.content)
+        if not chunks:  # huggingface_hub skips lines without "data:": a reply that is no stream at all
+            raise _NotACompletion("a reply with no 'data:' line, asked to stream")
         return "".join(parts)
 
     def _wait(self, attempt: int, retry_after: str | None) -> None:
@@ -130,22 +153,35 @@ class ChatClient:
             try:
                 try:
                     return self._complete(messages, **params)
-                except ValueError as exc:  # not a JSON chat completion: the server streamed; ask again streaming
-                    if self.stream or isinstance(exc, HfHubHTTPError):  # BadRequestError is a ValueError too
-                        raise
+                except json.JSONDecodeError as exc:  # not JSON: a stream (switch to streaming), or junk
+                    if self.stream or not exc.doc.lstrip().startswith("data:"):
+                        raise _NotACompletion(f"a reply that is not JSON: {_quote(exc.doc)}") from None
                     get_logger().info("%s answers with a stream; switching to streaming", self.base_url)
                     self.stream = True
                     return self._complete(messages, **params)
-            except HfHubHTTPError as exc:
+            except HfHubHTTPError as exc:  # BadRequestError is a ValueError too: caught here first
                 status = exc.response.status_code if exc.response is not None else None
                 last = f"HTTP {status}: {redact(str(exc).splitlines()[0])}"
+                if status in (401, 403):  # no retry and no other request can help
+                    self.stats["errors"] += 1
+                    said = "rejected the token" if self._token else "requires a token (none was sent)"
+                    body = exc.response.text.strip() if exc.response is not None else ""
+                    raise EndpointError(
+                        f"{self.base_url} {said} ({last}{f'; it said {_quote(body, 150)}' if body else ''}): "
+                        "put a valid token with access to this endpoint in the "
+                        "environment variable named by generate.token_env (default HF_TOKEN)", exhausted=True,
+                    ) from None
                 if status not in RETRY_STATUS:
                     self.stats["errors"] += 1
                     raise EndpointError(f"{self.base_url} refused the request ({last})") from None
                 retry_after = exc.response.headers.get("Retry-After") if exc.response is not None else None
-            except ValueError as exc:  # a reply that is not a chat completion even when streamed
+            except (_NotACompletion, ValueError) as exc:  # a 200 that is not a chat completion, streamed or not
                 self.stats["errors"] += 1
-                raise EndpointError(f"{self.base_url} did not answer with a chat completion ({exc})"[:500]) from None
+                raise EndpointError(
+                    f"{self.base_url} answered HTTP 200 but not with a chat completion ({str(exc)[:300]}): check "
+                    "that the endpoint URL is the server's OpenAI-compatible base ending in /v1 (TGI, vLLM, "
+                    "llama.cpp, Inference Endpoints), e.g. https://<host>/v1"
+                ) from None
             except (requests.ConnectionError, requests.Timeout, InferenceTimeoutError, TimeoutError) as exc:
                 last = f"{type(exc).__name__}: {redact(str(exc))[:200]}"
                 retry_after = None

@@ -51,7 +51,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from trainer._process import stop_group
-from trainer.errors import InputError, TrainerError
+from trainer.errors import InputError, TrainerError, disk_error
 from trainer.export import load_onnx, pick_int8_config
 from trainer.files import free_port
 from trainer.llm_server import _die_with_parent
@@ -112,13 +112,27 @@ def pick_onnx_file(folder: Path, *, int8: bool = False, file_name: str | None = 
     return next((c for c in candidates if c.endswith(f"_{preferred}.onnx")), candidates[0])
 
 
+def _damaged(path: Path, exc: BaseException) -> InputError:
+    said = (str(exc).strip().splitlines() or [""])[0][:300]
+    return InputError(f"{path} cannot be loaded ({type(exc).__name__}: {said}): the exported model is damaged or "
+                      "incomplete; export it again (`python -m trainer export --force`), or serve another file "
+                      "(--file onnx/<name>.onnx)")
+
+
 class Embedder:
     """The exported model behind a lock (tokenizers are not safe to share across threads)."""
 
     def __init__(self, folder: Path, file_name: str, batch_size: int = 32):
 
         self.folder, self.file_name, self.batch_size = folder, file_name, batch_size
-        self.model = load_onnx(folder, file_name)
+        try:
+            self.model = load_onnx(folder, file_name)
+        except (OSError, ValueError) as exc:  # a damaged config/tokenizer file, or the disk
+            raise disk_error(exc) or _damaged(folder / file_name, exc) from None
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):  # InvalidProtobuf, Fail, ...: a bad file
+                raise
+            raise _damaged(folder / file_name, exc) from None
         dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dim_of())
         self.max_tokens = int(self.model.max_seq_length)
@@ -423,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
               model_name=args.name, api_key=api_key, max_batch=args.max_batch)
     except TrainerError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        error = disk_error(exc)  # a full disk, a file in the way, ...: from outside, and the user can fix it
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 

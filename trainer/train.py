@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -42,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ from trainer.errors import ConfigError, InputError, StageError
 from trainer.files import atomic_dir, free_port, write_json_atomic
 from trainer.logs import get_logger
 from trainer.models import model_max_length, resolve_model
-from trainer.rundir import Input, Stage, StageContext
+from trainer.rundir import WORK, Input, Stage, StageContext
 
 REPO = Path(__file__).resolve().parents[1]
 HARDWARE_DIR = REPO / "configs" / "hardware"
@@ -210,19 +212,70 @@ def build_loss(model, cfg_train, world_size: int = 1):
 # ---------------------------------------------------------------------------------------- checkpoints
 
 
-def last_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint (trainer_state.json is written last); half-written ones are removed."""
+def last_checkpoint(folder: Path, log: logging.Logger | None = None) -> Path | None:
+    """The newest checkpoint to resume from: complete (trainer_state.json is written last; half-written ones
+    are removed) and readable. A damaged one (a truncated weights file: full disk, bad copy) is moved aside,
+    never deleted, and the one before it is used, or training starts over; one log line says so."""
     if not folder.is_dir():
         return None
     found = sorted(
         (p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
     )
+    resume: Path | None = None
+    moved: list[str] = []
     for ckpt in reversed(found):
-        if (ckpt / "trainer_state.json").is_file():
-            return ckpt
-        shutil.rmtree(ckpt, ignore_errors=True)  # a save cut short by the kill
+        if not (ckpt / "trainer_state.json").is_file():
+            shutil.rmtree(ckpt, ignore_errors=True)  # a save cut short by the kill
+            continue
+        why = checkpoint_damage(ckpt)
+        if why is None:
+            resume = ckpt
+            break
+        moved.append(f"{ckpt.name} ({why}) moved to {_move_aside(ckpt)}")
+    if moved:
+        (log or get_logger()).warning("train: damaged checkpoint %s; %s", "; ".join(moved),
+                                      f"resuming from {resume.name}" if resume else "starting over")
+    return resume
+
+
+def checkpoint_damage(ckpt: Path) -> str | None:
+    """Why a complete checkpoint cannot be resumed from (a truncated or unreadable file), or None."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in sorted(ckpt.rglob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as fh:  # checks the header and the size it announces
+                fh.keys()
+        except (SafetensorError, OSError) as exc:
+            return f"{f.relative_to(ckpt)}: {str(exc).splitlines()[0][:200]}"
+    for f in sorted(p for p in ckpt.rglob("*") if p.suffix in (".pt", ".pth", ".bin")):
+        if not zipfile.is_zipfile(f):  # torch.save writes a zip archive; a cut one has no central directory
+            return f"{f.relative_to(ckpt)}: not a complete torch archive"
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return "trainer_state.json: not valid JSON"
     return None
+
+
+def _move_aside(ckpt: Path) -> Path:
+    """Move a damaged checkpoint to <run>/archive/ (kept after the stage ends, unlike _work/), or next to its
+    folder outside a run directory. Another rank of a multi-process run may have moved it already."""
+    parts = ckpt.parents
+    in_run = len(parts) > 5 and parts[2].name == WORK and parts[4].name == "stages"
+    base = parts[5] / "archive" if in_run else parts[1] / "damaged-checkpoints"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{parts[3].name if in_run else 'train'}-{parts[1].name}-{ckpt.name}-damaged-{stamp}"
+    dest, n = base / name, 1
+    while dest.exists():
+        dest, n = base / f"{name}.{n}", n + 1
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(ckpt, dest)
+    except FileNotFoundError:
+        pass
+    return dest
 
 
 def _callbacks(report, log):
@@ -377,7 +430,7 @@ def fit(
         model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks
     )
     trainer.remove_callback(PrinterCallback)  # our Meter logs through the run log instead of print()
-    resume = last_checkpoint(ckpt_dir)
+    resume = last_checkpoint(ckpt_dir, log)
     if resume is not None:
         log.info("train: resuming from %s", resume)
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
