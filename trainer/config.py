@@ -25,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainer.errors import ConfigError
 
 Domain = Literal["medical", "legal", "scientific", "code", "general"]
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"  # package data: found the same way when installed
+HARDWARE_DIR = PROFILES_DIR / "hardware"  # train.profile=<name> -> <name>.yaml
+ACCELERATE_DIR = PROFILES_DIR / "accelerate"  # accelerate launch configs for train.num_processes > 1
 
 
 class _Section(BaseModel):
@@ -203,8 +206,8 @@ class MineConfig(_Section):
 
 class TrainConfig(_Section):
     profile: Literal["cpu", "t4", "a100", "multi-gpu"] | None = Field(
-        None, description="Hardware profile: its settings (configs/hardware/<profile>.yaml) are applied under "
-        "yours. None: the recipe's settings as configured."
+        None, description="Hardware profile: its settings (trainer/profiles/hardware/<profile>.yaml, shipped with "
+        "the package) are applied under yours. None: the recipe's settings as configured."
     )
     loss: Literal["mnrl", "cached_mnrl"] = Field(
         "mnrl", description="MultipleNegativesRankingLoss or its GradCache form (large batches on small GPUs)."
@@ -261,8 +264,8 @@ class TrainConfig(_Section):
         "accelerate", description="How workers are launched when num_processes > 1."
     )
     accelerate_config: str | None = Field(
-        None, description="accelerate config file for the launcher; default: configs/accelerate/multi-gpu.yaml "
-        "with CUDA, configs/accelerate/cpu-2proc.yaml without."
+        None, description="accelerate config file for the launcher; default: the shipped "
+        "trainer/profiles/accelerate/multi-gpu.yaml with CUDA, trainer/profiles/accelerate/cpu-2proc.yaml without."
     )
 
 
@@ -434,13 +437,28 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _profile_data(name: str) -> dict[str, Any]:
-    from trainer.paths import REPO_ROOT
+def profile_path(name: str) -> Path:
+    """trainer/profiles/hardware/<name>.yaml (package data, so it exists in any install), else a ConfigError."""
+    path = HARDWARE_DIR / f"{name}.yaml"
+    if path.is_file():
+        return path
+    known = sorted(p.stem for p in HARDWARE_DIR.glob("*.yaml"))
+    if not known:
+        raise ConfigError(f"train.profile={name!r}: no hardware profiles in {HARDWARE_DIR}; this installation of "
+                          "domain-embed is incomplete (its wheel ships trainer/profiles/): reinstall it")
+    raise ConfigError(f"train.profile={name!r}: no such hardware profile (known: {', '.join(known)})")
 
-    path = REPO_ROOT / "configs" / "hardware" / f"{name}.yaml"
-    if not path.is_file():
-        return {}  # an unknown name is reported by validation of train.profile
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+def _profile_data(name: str) -> dict[str, Any]:
+    """The profile's settings (a train: section), applied under the user's."""
+    path = profile_path(name)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"hardware profile {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
+        raise ConfigError(f"hardware profile {path} must hold a train: section")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -461,7 +479,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, value = parse_override(item)
         _set_dotted(data, key, value)
     profile = (data.get("train") or {}).get("profile") if isinstance(data.get("train"), dict) else None
-    if profile:
+    if profile is not None:  # an unknown or missing profile is a ConfigError, never nothing applied
         data = _merge(_profile_data(str(profile)), data)
     try:
         return Config.model_validate(data)

@@ -25,7 +25,7 @@ Example::
 
     >>> from trainer.config import load_config
     >>> from trainer.rundir import RunDir, run_stage
-    >>> cfg = load_config("configs/hardware/cpu.yaml", ["run.dir=runs/quickstart"])
+    >>> cfg = load_config(None, ["train.profile=cpu", "run.dir=runs/quickstart"])
     >>> run_stage(STAGE, cfg, RunDir(cfg.run.dir)).manifest["counts"]["best_val_ndcg@10"]  # doctest: +SKIP
     0.71
 """
@@ -48,15 +48,13 @@ from pathlib import Path
 from typing import Any
 
 from trainer._faults import crash_point
-from trainer.config import Config
+from trainer.config import ACCELERATE_DIR, Config
 from trainer.errors import ConfigError, InputError, StageError
 from trainer.logs import get_logger
 from trainer.models import model_max_length, resolve_model
 from trainer.rundir import Stage, StageContext, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-HARDWARE_DIR = REPO / "configs" / "hardware"
-ACCELERATE_DIR = REPO / "configs" / "accelerate"
 SMALL_SET_ROWS = 2_000  # below this the automatic batch is rows/32 clamped to 16-64 (recipe)
 VAL_NAME = "val"
 _NEG_RE = re.compile(r"negative_(\d+)")
@@ -575,15 +573,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         counts["best_val_ndcg@10"], counts["final_loss"],
     )
     return counts
-
-
-def hardware_profile(name: str) -> Path:
-    """configs/hardware/<name>.yaml: a partial config (train: settings) for a hardware profile."""
-    path = HARDWARE_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in HARDWARE_DIR.glob("*.yaml")))
-        raise ConfigError(f"no hardware profile {name!r} (known: {known})")
-    return path
 
 
 STAGE = Stage(
