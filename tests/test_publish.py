@@ -86,6 +86,9 @@ def test_push_then_repush_creates_no_new_commit(hub, tmp_path):
     card = ModelCard(hub.file_bytes(MODEL, "README.md").decode())
     assert card.data.datasets == [TRAINING, QUERIES] and card.data.eval_results
     assert f'SentenceTransformer("{MODEL}")' in card.text
+    # sentence-transformers' card (written next to the weights by its trainer) with ours merged in
+    assert "- **Maximum Sequence Length:** 256 tokens" in card.text and "### Full Model Architecture" in card.text
+    assert "generated_from_trainer" in card.data.tags and "## Contamination disclosure" in card.text
     dcard = DatasetCard(hub.file_bytes(TRAINING, "README.md", "dataset").decode())
     assert dcard.data.configs[0]["data_files"][0]["path"] == "data/train-*"
     assert "data/train-00000-of-00001.parquet" in hub.repo(TRAINING, "dataset").head.files

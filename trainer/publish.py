@@ -163,31 +163,49 @@ def model_facts(model_dir: Path) -> tuple[Any, dict[str, Any]]:
                 n_embed += count
     facts.n_parameters = n_params or None
     sbert = _read_json(model_dir / "sentence_bert_config.json") or {}
-    facts.max_seq_length = sbert.get("max_seq_length")
+    tokenizer = _read_json(model_dir / "tokenizer_config.json") or {}
+    # sentence-transformers < 5 kept the limit in sentence_bert_config.json; 5.x keeps it in the tokenizer
+    limit = sbert.get("max_seq_length") or tokenizer.get("model_max_length")
+    facts.max_seq_length = limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None  # not "no limit"
     st_cfg = _read_json(model_dir / "config_sentence_transformers.json") or {}
     facts.similarity_fn_name = st_cfg.get("similarity_fn_name") or "cosine"
     facts.prompts = {k: v for k, v in (st_cfg.get("prompts") or {}).items() if v}
-    lines = []
     for module in _read_json(model_dir / "modules.json") or []:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-        conf = {}
-        if kind == "Transformer":
-            conf = {"max_seq_length": facts.max_seq_length, "do_lower_case": sbert.get("do_lower_case", False)}
-            arch = (_read_json(model_dir / "config.json") or {}).get("architectures") or []
-            if arch:
-                conf["architecture"] = arch[0]
-        else:
-            conf = _read_json(model_dir / module.get("path", "") / "config.json") or {}
-        if kind == "Pooling" and conf.get("word_embedding_dimension"):
-            facts.embedding_dim = conf["word_embedding_dimension"]
+        conf = _read_json(model_dir / module.get("path", "") / "config.json") or {}
+        # Pooling: embedding_dimension (5.x) or word_embedding_dimension; a Dense layer after it wins
+        pooled = conf.get("embedding_dimension") or conf.get("word_embedding_dimension")
+        if kind == "Pooling" and pooled:
+            facts.embedding_dim = pooled
         if kind == "Dense" and conf.get("out_features"):
             facts.embedding_dim = conf["out_features"]
-        lines.append(f"  ({module.get('idx', len(lines))}): {kind}({json.dumps(conf) if conf else ''})")
     if facts.embedding_dim is None:
         facts.embedding_dim = (_read_json(model_dir / "config.json") or {}).get("hidden_size")
-    facts.architecture = "SentenceTransformer(\n" + "\n".join(lines) + "\n)" if lines else ""
     return facts, {"n_embedding_parameters": n_embed or None,
                    "memory_usage_mb": round(size / 2**20) if size else None}
+
+
+def sentence_transformers_card(model_dir: Path, repo_id: str) -> str:
+    """sentence-transformers' own card for the model (README.md text), the base of the published one.
+
+    The card its trainer wrote next to the weights at the end of training (tagged generated_from_trainer:
+    datasets, losses, hyperparameters, training logs); else, for a folder without one, the card its template
+    renders now from the loaded model (``SentenceTransformerModelCardData``, without the Hub).
+    """
+    from huggingface_hub import ModelCard
+
+    saved = model_dir / "README.md"
+    if saved.is_file():
+        text = saved.read_text(encoding="utf-8")
+        if "generated_from_trainer" in (ModelCard(text).data.tags or []):
+            return text
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.model_card import generate_model_card
+    from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
+
+    card_data = SentenceTransformerModelCardData(model_id=repo_id, local_files_only=True)
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True, model_card_data=card_data)
+    return generate_model_card(model)
 
 
 def _base_license(cfg: Config) -> str | None:
@@ -560,8 +578,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     train_m = manifests["train"] or {}
     onnx_dir = ctx.upstream_dir("export") / "onnx" if manifests["export"] else None
 
+    st_card = sentence_transformers_card(model_dir, ids["model"])
+
     def card_fn(onnx_files: list[str]) -> Any:
-        return model_card(cfg, ids["model"], facts, train_counts=train_m.get("counts") or {},
+        return model_card(cfg, ids["model"], facts, st_card=st_card, train_counts=train_m.get("counts") or {},
                           train_seconds=train_m.get("duration_s"), report=report, datasets=datasets_published,
                           onnx_files=onnx_files, versions=train_m.get("versions") or {}, license_id=license_id)
 
