@@ -345,8 +345,9 @@ class PublishConfig(_Section):
     private: bool = Field(True, description="Create private repositories.")
     token_env: str = Field("HF_TOKEN", description="Environment variable holding the Hub token (never stored).")
     push_checkpoints: bool = Field(
-        False, description="Push training checkpoints as they are saved, to <name>-checkpoints (recorded here; the "
-        "train stage applies it through trainer.publish.checkpoint_hub_kwargs)."
+        False, description="The train stage pushes each checkpoint it saves to <owner>/<name>-checkpoints "
+        "(hub_strategy checkpoint: the model files at the root, the resumable checkpoint under last-checkpoint/), "
+        "with the token in $<token_env>; without a token or offline it pushes nothing."
     )
     push_datasets: bool = Field(True, description="Also push the synthetic queries and the mined training set.")
     dry_run: bool = Field(

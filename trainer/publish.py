@@ -41,6 +41,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -50,7 +51,7 @@ import shutil
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -98,13 +99,14 @@ def _token(cfg: Config) -> str | None:
 
 
 def checkpoint_hub_kwargs(cfg: Config, owner: str | None = None) -> dict[str, Any]:
-    """TrainingArguments kwargs for ``publish.push_checkpoints`` (for the train stage).
+    """SentenceTransformerTrainingArguments kwargs for ``publish.push_checkpoints`` (the train stage passes them).
 
-    Checkpoints go to their own private-by-default repo ``<owner>/<name>-checkpoints`` with
-    ``hub_strategy="checkpoint"`` (the latest checkpoint, resumable), never to the model repo the publish
-    stage writes. Without a token, offline, or with the setting off: ``{"push_to_hub": False}``. The token
-    is passed as ``hub_token`` only when it is not in HF_TOKEN (where huggingface_hub finds it itself);
-    TrainingArguments masks it when it serialises itself.
+    Checkpoints go to their own repo ``<owner>/<name>-checkpoints`` (private with publish.private), never to the
+    model repo the publish stage writes, with ``hub_strategy="checkpoint"``: each save pushes the model files to
+    the repo root and the whole resumable checkpoint (optimizer, scheduler, trainer state) to
+    ``last-checkpoint/``. Without a token, offline, or with the setting off: ``{"push_to_hub": False}``. The
+    token is never one of these kwargs: the trainer pickles its arguments into every checkpoint
+    (training_args.bin, pushed with it); huggingface_hub reads it from HF_TOKEN (see :func:`hub_token_env`).
     """
     token = _token(cfg)
     if not cfg.publish.push_checkpoints or token is None or is_offline():
@@ -114,11 +116,27 @@ def checkpoint_hub_kwargs(cfg: Config, owner: str | None = None) -> dict[str, An
 
         owner = HfApi(token=token).whoami()["name"]
     model_id = repo_ids(cfg, owner or cfg.publish.owner)["model"]
-    kwargs: dict[str, Any] = {"push_to_hub": True, "hub_model_id": f"{model_id}-checkpoints",
-                              "hub_strategy": "checkpoint", "hub_private_repo": cfg.publish.private}
-    if cfg.publish.token_env != "HF_TOKEN":
-        kwargs["hub_token"] = token
-    return kwargs
+    return {"push_to_hub": True, "hub_model_id": f"{model_id}-checkpoints", "hub_strategy": "checkpoint",
+            "hub_private_repo": cfg.publish.private}
+
+
+@contextlib.contextmanager
+def hub_token_env(cfg: Config) -> Iterator[None]:
+    """HF_TOKEN holds the token of ``$<publish.token_env>`` inside the block (when that is another variable),
+    for huggingface_hub calls made without a token argument (the trainer's checkpoint pushes)."""
+    token = _token(cfg)
+    if cfg.publish.token_env == "HF_TOKEN" or token is None:
+        yield
+        return
+    before = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = token
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_TOKEN", None)
+        else:
+            os.environ["HF_TOKEN"] = before
 
 
 # ------------------------------------------------------------------------------- model folder facts
