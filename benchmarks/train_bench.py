@@ -8,7 +8,7 @@ passages are ~110 tokens (like ~5-sentence chunks), so the sequence-length cap m
     python benchmarks/train_bench.py --steps 4 --warmup 1 --batch 16
 
 Variants (same batch, same rows):
-  cpu profile     max_seq_length 128, 3 negatives, MNRL + Matryoshka (configs/hardware/cpu.yaml)
+  cpu profile     max_seq_length 128, 3 negatives, MNRL + Matryoshka (train.profile=cpu)
   seq 256         the same at the model's full 256 tokens
   5 negatives     the cpu profile with the recipe's 5 negatives
   no Matryoshka   the cpu profile with plain MNRL
@@ -23,11 +23,8 @@ import random
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-REPO = Path(__file__).resolve().parents[1]
 
 _VOCABULARY = (
     "insulin glucose liver receptor patient dose therapy trial outcome risk cohort protein kinase pathway "
@@ -64,7 +61,7 @@ def measure(overrides: list[str], rows: list[dict], steps: int, warmup: int, bat
     from trainer.models import resolve_model
     from trainer.train import build_loss
 
-    cfg = load_config(REPO / "configs/hardware/cpu.yaml", overrides)
+    cfg = load_config(None, ["train.profile=cpu", *overrides])
     t = cfg.train
     negs = t.num_negatives if t.num_negatives is not None else 5
     cols = ["anchor", "positive", *[f"negative_{j + 1}" for j in range(negs)]]

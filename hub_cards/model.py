@@ -1,10 +1,13 @@
-"""Model card for the fine-tuned embedding model (sentence-transformers conventions, MTEB eval metadata).
+"""Model card for the fine-tuned embedding model: sentence-transformers' own card plus what this pipeline knows.
 
-The card follows the structure sentence-transformers writes (model description, architecture, usage,
-evaluation, training details, framework versions) and adds what this pipeline knows: the subcategory,
-the training-data repositories, base vs tuned scores with leaderboard references, Matryoshka
-dimensions, contamination, ONNX and OpenAI-compatible usage. Its metadata carries the tuned scores as
-``model-index`` entries (``ModelCardData(eval_results=[EvalResult(...)])``), which the Hub renders.
+The base is the card sentence-transformers renders from its ``SentenceTransformerModelCardData`` and
+``model_card_template.md`` (written next to the weights at the end of training: model details with the real
+maximum sequence length, full architecture, usage, training datasets, losses, hyperparameters, training logs,
+framework versions, citations). Its sections are kept; this module fills its "Unknown" placeholders and adds the
+subcategory, the training-data repositories, base vs tuned scores with leaderboard references, Matryoshka
+dimensions, contamination, ONNX and OpenAI-compatible usage and the recipe. The metadata merges theirs (widget,
+tags) with ours, and carries the tuned scores as ``model-index`` entries
+(``ModelCardData(eval_results=[EvalResult(...)])``), which the Hub renders.
 
 The word "improvement" is used only when an evaluation compared base and tuned and found no regression
 (:func:`verdict`); without an evaluation the card says so and claims nothing.
@@ -22,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +44,6 @@ class ModelFacts:
     max_seq_length: int | None = None
     similarity_fn_name: str = "cosine"
     n_parameters: int | None = None
-    architecture: str = ""
     prompts: dict[str, str] = field(default_factory=dict)
 
 
@@ -195,10 +198,11 @@ def _prompt_kw(facts: ModelFacts, names: tuple[str, ...], prompt: str) -> str:
 
 def _usage(repo_id: str, facts: ModelFacts, onnx_files: Sequence[str], dims: Sequence[int],
            prompts: tuple[str, str] = ("", "")) -> str:
+    """Our subsections of the usage section (sentence-transformers' own snippet comes first)."""
     q_kw = _prompt_kw(facts, ("query",), prompts[0])
     d_kw = _prompt_kw(facts, ("document", "passage", "corpus"), prompts[1])
-    parts = ["## Usage", "", "### Sentence Transformers", "", "```bash", "pip install -U sentence-transformers",
-             "```", "", "```python", "from sentence_transformers import SentenceTransformer", "",
+    parts = ["### Retrieval (Sentence Transformers)", "", "```python",
+             "from sentence_transformers import SentenceTransformer", "",
              f'model = SentenceTransformer("{repo_id}")',
              'queries = ["What does the corpus say about this topic?"]',
              'documents = ["A passage of the corpus.", "Another passage."]',
@@ -239,6 +243,50 @@ def _usage(repo_id: str, facts: ModelFacts, onnx_files: Sequence[str], dims: Seq
               "curl -s http://localhost:8080/v1/embeddings -H 'Content-Type: application/json' \\",
               f"  -d '{payload}'", "```"]
     return "\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------- sentence-transformers' card
+
+# SentenceTransformer._model_card_model_id_placeholder: the repo id its usage snippet shows until one is set
+ST_MODEL_ID_PLACEHOLDER = "sentence_transformers_model_id"
+# Its template's Model Description lines for what it does not know, e.g. <!-- - **License:** Unknown -->
+_ST_UNKNOWN = re.compile(r"^<!-- - \*\*(?P<key>[^*]+):\*\* .*-->$", re.MULTILINE)
+
+
+def _sections(markdown: str, level: int) -> list[list[str]]:
+    """``markdown`` cut at its level-``level`` headings, outside code blocks and HTML comments (the template
+    comments out optional sections): [title, text] pairs, the first titled '' (what precedes any heading)."""
+    marker = "#" * level + " "
+    out = [["", ""]]
+    fence = comment = False
+    for line in markdown.splitlines(keepends=True):
+        if not comment and line.lstrip().startswith("```"):
+            fence = not fence
+        elif not fence:
+            if comment:
+                comment = "-->" not in line
+            elif "<!--" in line:
+                comment = "-->" not in line.split("<!--", 1)[1]
+            elif line.startswith(marker):
+                out.append([line[len(marker):].strip(), ""])
+        out[-1][1] += line
+    return out
+
+
+def _after_heading(section: str) -> str:
+    return section.split("\n", 1)[1] if "\n" in section else ""
+
+
+def _model_details(section: str, known: Mapping[str, str], bullets: Sequence[str], extra: str) -> str:
+    """sentence-transformers' Model Details with its Unknown placeholders filled, our bullets added to its Model
+    Description and ``extra`` (a subsection) at the end."""
+    section = _ST_UNKNOWN.sub(lambda m: f"- **{m['key']}:** {known[m['key']]}" if known.get(m["key"]) else m[0],
+                              section)
+    parts = _sections(section, 3)
+    for part in parts:
+        if part[0] == "Model Description":
+            part[1] = part[1].rstrip("\n") + "\n" + "".join(f"{b}\n" for b in bullets) + "\n"
+    return "".join(text for _, text in parts).rstrip("\n") + "\n\n" + extra + "\n"
 
 
 # ------------------------------------------------------------------------------------------ card
@@ -294,6 +342,7 @@ def model_card(
     repo_id: str,
     facts: ModelFacts,
     *,
+    st_card: str,
     train_counts: Mapping[str, Any] | None = None,
     train_seconds: float | None = None,
     report: Mapping[str, Any] | None = None,
@@ -302,34 +351,48 @@ def model_card(
     versions: Mapping[str, str] | None = None,
     license_id: str | None = None,
 ) -> ModelCard:
-    """The model card. ``datasets``: kind ('queries', 'training_set') -> dataset repo id."""
+    """The model card: ``st_card`` (the README.md sentence-transformers wrote for this model) with our metadata
+    merged into its own and our sections added to its. ``datasets``: kind ('queries', 'training_set') -> repo id."""
     counts = dict(train_counts or {})
     datasets = dict(datasets or {})
     status, regressed = verdict(report)
     dims = sorted(set(cfg.train.matryoshka_dims), reverse=True)
+    st = ModelCard(st_card)
+    theirs = st.data.to_dict()
+    # Their model-index scores the validation split during training (shown in their section below); the
+    # metadata carries our evaluation only, or nothing without one.
+    for key in ("model-index", "metrics", "model_name", "eval_results"):
+        theirs.pop(key, None)
+    their_tags = list(theirs.get("tags") or [])
     tags = ["sentence-transformers", "sentence-similarity", "feature-extraction", "dense", "domain-embed",
             cfg.domain, "mteb"]
     if dims:
         tags.append("matryoshka")
     if onnx_files:
         tags.append("onnx")
-    if counts.get("rows"):
+    # dataset size and loss classes: their trainer's tags when present (the exact losses, e.g. the cached form)
+    if counts.get("rows") and not any(t.startswith("dataset_size:") for t in their_tags):
         tags.append(f"dataset_size:{counts['rows']}")
-    tags += [f"loss:{name}" for name in ("MultipleNegativesRankingLoss", "MatryoshkaLoss")
-             if name != "MatryoshkaLoss" or dims]
+    if not any(t.startswith("loss:") for t in their_tags):
+        tags += [f"loss:{name}" for name in ("MultipleNegativesRankingLoss", "MatryoshkaLoss")
+                 if name != "MatryoshkaLoss" or dims]
     model_name = f"{cfg.model.name.split('/')[-1]} fine-tuned for {cfg.domain} retrieval"
-    data = ModelCardData(
-        language=["en"],
-        license=license_id or "other",
-        library_name="sentence-transformers",
-        pipeline_tag="sentence-similarity",
-        tags=tags,
-        base_model=cfg.model.name if "/" in cfg.model.name and not cfg.model.name.startswith(("/", ".")) else None,
-        datasets=[d for d in (datasets.get("training_set"), datasets.get("queries")) if d] or None,
-        model_name=model_name,
-        eval_results=_eval_results(report, datasets) or None,
-    )
+    base_model = cfg.model.name if "/" in cfg.model.name and not cfg.model.name.startswith(("/", ".")) else None
+    data = ModelCardData(**{
+        **theirs,  # widget examples, pipeline tag, ... as sentence-transformers wrote them
+        "language": ["en"],
+        "license": license_id or "other",
+        "library_name": "sentence-transformers",
+        "pipeline_tag": "sentence-similarity",
+        "tags": list(dict.fromkeys([*their_tags, *tags])),
+        "base_model": base_model or theirs.get("base_model"),
+        "datasets": [d for d in (datasets.get("training_set"), datasets.get("queries")) if d]
+        or theirs.get("datasets"),
+        "model_name": model_name,
+        "eval_results": _eval_results(report, datasets) or None,
+    })
     data.metrics = sorted({r.metric_type for r in data.eval_results or []}) or None
+
     hw = counts.get("device") or ("cuda" if cfg.train.profile != "cpu" else "cpu")
     seconds = counts.get("train_seconds") or train_seconds
     duration = f"{seconds / 60:.1f} minutes" if isinstance(seconds, int | float) else "not recorded"
@@ -337,12 +400,10 @@ def model_card(
         f"- {label}: [{datasets[k]}](https://huggingface.co/datasets/{datasets[k]})"
         for k, label in (("training_set", "training set"), ("queries", "synthetic queries")) if datasets.get(k)
     ) or "- not published (publish.push_datasets=false)"
-    versions_md = "\n".join(f"- {k}: {v}" for k, v in sorted((versions or {}).items()))
-    matryoshka = f" (Matryoshka: {', '.join(map(str, dims))})" if dims else ""
-    base_link = (f"[{cfg.model.name}](https://huggingface.co/{cfg.model.name})" if data.base_model
+    versions_md = ", ".join(f"{k}: {v}" for k, v in sorted((versions or {}).items())) or "not recorded"
+    base_link = (f"[{data.base_model}](https://huggingface.co/{data.base_model})" if data.base_model
                  else f"`{cfg.model.name}`")
-    body = f"""
-# {model_name}
+    intro = f"""# {model_name}
 
 This is a [sentence-transformers](https://www.SBERT.net) model finetuned from {base_link} for **{cfg.domain}**
 retrieval (the MTEB subcategory it specialises in), on synthetic queries and mined hard negatives built
@@ -350,53 +411,52 @@ from `{cfg.ingest.source}` by domain-embed, following NVIDIA's domain-specific
 embedding recipe. It maps sentences and paragraphs to a {facts.embedding_dim or '?'}-dimensional dense
 vector space for semantic search and retrieval.
 
-## Model Details
-
-### Model Description
-- **Model Type:** Sentence Transformer
-- **Base model:** {base_link}
-- **Subcategory:** {cfg.domain}
-- **Maximum Sequence Length:** {facts.max_seq_length or '?'} tokens
-- **Output Dimensionality:** {facts.embedding_dim or '?'} dimensions{matryoshka}
-- **Similarity Function:** {facts.similarity_fn_name}
-- **Parameters:** {f'{facts.n_parameters / 1e6:.1f}M' if facts.n_parameters else 'unknown'}
-- **Language:** en
-- **License:** {data.license}
-
-### Training data
-{datasets_md}
-
-### Full Model Architecture
-
-```
-{facts.architecture or 'see modules.json'}
-```
-
-{_usage(repo_id, facts, onnx_files, dims, (cfg.model.query_prompt, cfg.model.passage_prompt))}
-{_eval_section(report, status, regressed)}
-{_contamination_section(report, cfg)}
-## Training Details
-
-### Training Hyperparameters
-{_hyperparameters(cfg, counts)}
-
-### Hardware and time
-- hardware profile: {cfg.train.profile}; device: {hw}
-- training time: {duration}
-
-### Framework Versions
-{versions_md or '- not recorded'}
-
-## Citation
-
-```bibtex
-@inproceedings{{reimers-2019-sentence-bert,
-    title = "Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
-    author = "Reimers, Nils and Gurevych, Iryna",
-    booktitle = "Proceedings of the 2019 Conference on Empirical Methods in Natural Language Processing",
-    year = "2019",
-    url = "https://arxiv.org/abs/1908.10084",
-}}
-```
 """
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+    known = {"Base model": base_link, "Language": "en", "License": data.license,
+             "Training Dataset": (f"[{datasets['training_set']}](https://huggingface.co/datasets/"
+                                  f"{datasets['training_set']})" if datasets.get("training_set") else "")}
+    bullets = [f"- **Subcategory:** {cfg.domain}"]
+    if dims:
+        bullets.append(f"- **Matryoshka dimensions:** {', '.join(map(str, dims))}")
+    if facts.n_parameters:
+        bullets.append(f"- **Parameters:** {facts.n_parameters / 1e6:.1f}M")
+    training_data = f"### Training data\n{datasets_md}\n- source corpus: `{cfg.ingest.source}`\n"
+    usage = _usage(repo_id, facts, onnx_files, dims, (cfg.model.query_prompt, cfg.model.passage_prompt))
+    evaluation = _eval_section(report, status, regressed)
+    contamination = _contamination_section(report, cfg) + "\n"
+    recipe = (f"### Training recipe (domain-embed)\n{_hyperparameters(cfg, counts)}\n"
+              f"- hardware profile: {cfg.train.profile}; device: {hw}\n- training time: {duration}\n"
+              f"- package versions at training: {versions_md}\n\n")
+
+    # Their sections in their order (title, details, architecture, usage, training details, versions,
+    # citations), ours placed among them; a section their card lacks gets ours at the end.
+    body = st.text.replace(f'SentenceTransformer("{ST_MODEL_ID_PLACEHOLDER}"', f'SentenceTransformer("{repo_id}"')
+    sections = _sections(body, 2)
+    titles = {title for title, _ in sections}
+    out: list[str] = []
+    pending = {"details": training_data, "usage": "## Usage\n\n" + usage + "\n",
+               "evaluation": evaluation + "\n" + contamination, "training": "## Training Details\n\n" + recipe}
+    for title, text in sections:
+        if title == "":
+            out.append(intro)  # their title and description, made specific
+        elif title == "Model Details":
+            out.append(_model_details(text, known, bullets, pending.pop("details")))
+        elif title == "Usage":  # ours after their snippet, before the optional sections they comment out
+            cut = text.find("\n<!--")
+            cut = len(text) if cut < 0 else cut + 1
+            out.append(text[:cut].rstrip("\n") + "\n\n" + usage + "\n" + text[cut:])
+            pending.pop("usage")
+            if "Evaluation" not in titles:
+                out.append(pending.pop("evaluation"))
+        elif title == "Evaluation":
+            out.append(evaluation + "\nThe metrics below are sentence-transformers' validation during training, "
+                       "on queries held out from the synthetic training set (not a benchmark).\n"
+                       + _after_heading(text) + "\n" + contamination)
+            pending.pop("evaluation", None)
+        elif title == "Training Details":
+            out.append("## Training Details\n\n" + recipe + _after_heading(text).lstrip("\n"))
+            pending.pop("training")
+        else:
+            out.append(text)
+    out += list(pending.values())
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "".join(out).strip() + "\n")

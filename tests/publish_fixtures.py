@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -106,16 +107,30 @@ def _mine(ctx: StageContext) -> dict[str, Any]:
             "queries_dropped": {"spans_split": 1}}
 
 
+@functools.cache
+def _trainer_card(model_dir: Path) -> str:
+    """The README.md sentence-transformers writes when its trainer saves a model: its template rendered from
+    the model's card data, tagged generated_from_trainer (rendered once per process, not per publish)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.model_card import generate_model_card
+
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    model.model_card_data.local_files_only = True
+    model.model_card_data.add_tags("generated_from_trainer")
+    return generate_model_card(model)
+
+
 def _train(ctx: StageContext) -> dict[str, Any]:
     from trainer.models import resolve_model
 
     src = Path(resolve_model("sentence-transformers/all-MiniLM-L6-v2", offline=True))
     dest = ctx.dir / "model"
     try:  # hard links: nothing writes into either folder, and it saves copying 90 MB per test
-        shutil.copytree(src, dest, copy_function=os.link)
+        shutil.copytree(src, dest, copy_function=os.link, ignore=shutil.ignore_patterns("README.md"))
     except OSError:
         shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(src, dest)
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("README.md"))
+    (dest / "README.md").write_text(_trainer_card(src), encoding="utf-8")
     (dest / "training_args.json").write_text(json.dumps({"hub_token": "<HUB_TOKEN>", "lr": 1e-5}))
     return {"rows": 4, "steps": 2, "epochs": 1, "batch_size": 4, "lr": 1e-5, "device": "cpu",
             "train_seconds": 42.0, "best_val_ndcg@10": 0.7, "final_loss": 0.5, "loss": "mnrl+matryoshka",

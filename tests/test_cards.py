@@ -3,28 +3,42 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from hub_cards.model import ModelFacts, eval_rows, model_card, verdict
+from hub_cards.model import ST_MODEL_ID_PLACEHOLDER, ModelFacts, eval_rows, model_card, verdict
 from hub_cards.training_set import training_set_card
 from tests.publish_fixtures import REPORT_IMPROVED, make_config, report_with_regression
+from tests.train_fixtures import FAKE_MINE, TINY
+from trainer import publish, train
+from trainer.config import load_config
+from trainer.models import resolve_model
+from trainer.rundir import RunDir, run_stage
 
-FACTS = ModelFacts(embedding_dim=384, max_seq_length=256, n_parameters=22_713_216, architecture="SentenceTransformer()")
+FACTS = ModelFacts(embedding_dim=384, max_seq_length=256, n_parameters=22_713_216)
 DATASETS = {"queries": "me/x-queries", "training_set": "me/x-training-set"}
 
 
-def _card(tmp_path, report, **kw) -> ModelCard:
+@pytest.fixture(scope="module")
+def st_card() -> str:
+    """sentence-transformers' card for the (untrained) base model, rendered by its own template."""
+    return publish.sentence_transformers_card(Path(resolve_model("sentence-transformers/all-MiniLM-L6-v2")), "me/x")
+
+
+def _card(tmp_path, st_card, report, **kw) -> ModelCard:
     cfg = make_config(tmp_path, *kw.pop("overrides", ()))
-    return model_card(cfg, "me/x", FACTS, train_counts={"rows": 4, "train_seconds": 120.0, "device": "cuda"},
+    return model_card(cfg, "me/x", FACTS, st_card=st_card,
+                      train_counts={"rows": 4, "train_seconds": 120.0, "device": "cuda"},
                       report=report, datasets=DATASETS, onnx_files=["onnx/model.onnx"],
                       versions={"sentence-transformers": "5.7.0"}, license_id="apache-2.0", **kw)
 
 
-def test_model_card_metadata_round_trips_through_the_hub_card_classes(tmp_path):
-    card = _card(tmp_path, REPORT_IMPROVED)
+def test_model_card_metadata_round_trips_through_the_hub_card_classes(tmp_path, st_card):
+    card = _card(tmp_path, st_card, REPORT_IMPROVED)
     reloaded = ModelCard(str(card))
     data = reloaded.data
     assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
@@ -48,8 +62,8 @@ def test_model_card_metadata_round_trips_through_the_hub_card_classes(tmp_path):
 
 
 @pytest.mark.parametrize("report", [None, report_with_regression(), {"tasks": []}], ids=["none", "regression", "empty"])
-def test_model_card_claims_no_improvement_without_a_clean_evaluation(tmp_path, report):
-    card = _card(tmp_path, report)
+def test_model_card_claims_no_improvement_without_a_clean_evaluation(tmp_path, st_card, report):
+    card = _card(tmp_path, st_card, report)
     text = str(card).lower()
     assert "improv" not in text
     if report and report["tasks"]:
@@ -60,6 +74,68 @@ def test_model_card_claims_no_improvement_without_a_clean_evaluation(tmp_path, r
         assert "has not been evaluated against its base model" in text
         assert "not measured" in text or "holds no overlap measurement" in text
         assert ModelCard(str(card)).data.eval_results is None
+
+
+@pytest.fixture(scope="module")
+def trained_and_published(tmp_path_factory):
+    """A real tiny model (2 steps, validation on 2 held-out queries) trained by the train stage, then its card
+    built by the publish stage (no token: the folder only)."""
+    run_dir = tmp_path_factory.mktemp("card-run")
+    cfg = load_config(None, [*TINY, f"run.dir={run_dir}", "train.epochs=1", "domain=medical",
+                             "ingest.source=data:scifact", "publish.name=tiny-medical",
+                             "publish.token_env=NO_SUCH_TOKEN"])
+    rd = RunDir(run_dir)
+    run_stage(FAKE_MINE, cfg, rd)
+    run_stage(train.STAGE, cfg, rd)
+    outcome = run_stage(publish.STAGE, cfg, rd)
+    assert outcome.manifest["counts"]["mode"] == "no_token"
+    return run_dir, ModelCard((run_dir / "stages/publish/model/README.md").read_text(encoding="utf-8"))
+
+
+def test_card_of_a_trained_model_keeps_sentence_transformers_sections_and_adds_ours(trained_and_published):
+    run_dir, card = trained_and_published
+    text = card.text
+    # the real limit (the model's own 256; trained at 32), never "?" or null
+    assert "- **Maximum Sequence Length:** 256 tokens" in text
+    assert "Maximum Sequence Length:** ?" not in text and "max_seq_length: null" not in text
+    # sentence-transformers' own sections, as its trainer wrote them next to the weights
+    theirs = (run_dir / "stages/train/model/README.md").read_text(encoding="utf-8")
+    assert "generated_from_trainer" in ModelCard(theirs).data.tags
+    architecture = re.search(r"### Full Model Architecture\n\n```\n(.*?)```", theirs, re.S)[1]
+    assert "(0): Transformer(" in architecture and architecture in text
+    for needed in ("### Direct Usage (Sentence Transformers)", "### Training Dataset", "* Size: 14 training samples",
+                   "[<code>MatryoshkaLoss</code>]", "#### Non-Default Hyperparameters", "### Training Logs",
+                   "### Framework Versions", "- Sentence Transformers: 5.7.0", "* Dataset: `val`",
+                   "#### MultipleNegativesRankingLoss", "## Additional Resources"):
+        assert needed in theirs and needed in text, needed
+    repo_id = "YOUR_HF_USERNAME/tiny-medical"
+    assert f'model = SentenceTransformer("{repo_id}")' in text and ST_MODEL_ID_PLACEHOLDER not in text
+    # ours
+    for needed in ("# all-MiniLM-L6-v2 fine-tuned for medical retrieval", "- **Subcategory:** medical",
+                   "- **Base model:** [sentence-transformers/all-MiniLM-L6-v2]", "- **License:** apache-2.0",
+                   "- **Matryoshka dimensions:** 384, 128, 64", "### Retrieval (Sentence Transformers)",
+                   "### OpenAI-compatible embeddings API", "has not been evaluated against its base model",
+                   "sentence-transformers' validation during training", "## Contamination disclosure",
+                   "### Training recipe (domain-embed)", "- hard negatives per row: 3"):
+        assert needed in text, needed
+    headings = re.findall(r"^## (.+)$", text, re.M)
+    assert [h for h in headings if not h.startswith(("Bias", "Glossary", "Model Card"))] == [
+        "Model Details", "Usage", "Evaluation", "Contamination disclosure", "Training Details",
+        "Additional Resources", "Citation"]
+    # metadata: theirs (widget examples, trainer tags) merged with ours; no evaluation, so no model-index
+    data = card.data
+    assert data.widget and data.widget == ModelCard(theirs).data.widget
+    assert {"generated_from_trainer", "domain-embed", "medical", "loss:MatryoshkaLoss"} <= set(data.tags)
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and data.license == "apache-2.0"
+    assert data.eval_results is None and "improv" not in text.lower()
+
+
+def test_model_facts_read_the_limit_where_sentence_transformers_5_keeps_it(trained_and_published):
+    run_dir, _ = trained_and_published
+    model_dir = run_dir / "stages/train/model"
+    assert "max_seq_length" not in json.loads((model_dir / "sentence_bert_config.json").read_text())
+    facts, _ = publish.model_facts(model_dir)
+    assert facts.max_seq_length == 256 and facts.embedding_dim == 384 and facts.n_parameters == 22_713_216
 
 
 def test_verdict_reads_reports_defensively():

@@ -1,7 +1,19 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
 import pytest
 
+from trainer import config
 from trainer.config import Config, explain, load_config, parse_override
 from trainer.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_follow_the_published_recipe():
@@ -116,8 +128,69 @@ def test_hardware_profile_applies_under_the_users_settings(tmp_path):
     cfg = load_config(t4)
     assert cfg.train.precision == "fp16" and cfg.train.loss == "cached_mnrl" and cfg.train.epochs == 1
     assert load_config().train.profile is None and load_config().train.epochs == 3  # recipe by default
-    with pytest.raises(ConfigError, match=r"train\.profile"):
+    with pytest.raises(ConfigError, match=r"train\.profile='tpu': no such hardware profile \(known: a100, cpu, "
+                       r"multi-gpu, t4\)"):
         load_config(None, ["train.profile=tpu"])
+
+
+def test_a_missing_profile_file_is_an_error_not_nothing_applied(tmp_path, monkeypatch):
+    # an install without its package data: the profile named is valid, its file is not there
+    monkeypatch.setattr(config, "HARDWARE_DIR", tmp_path)
+    with pytest.raises(ConfigError, match=r"train\.profile='t4': no hardware profiles in .*incomplete.*reinstall"):
+        load_config(None, ["train.profile=t4"])
+    (tmp_path / "t4.yaml").write_text("precision: fp16\n")  # not under train:
+    with pytest.raises(ConfigError, match=r"t4\.yaml must hold a train: section"):
+        load_config(None, ["train.profile=t4"])
+
+
+_PROBE = """
+import json, sys
+from trainer import config
+from trainer.config import ACCELERATE_DIR, load_config
+from trainer.errors import ConfigError
+t = load_config(None, ["train.profile=t4"]).train
+try:
+    load_config(None, ["train.profile=tpu"])
+    unknown = "no error"
+except ConfigError as exc:
+    unknown = str(exc)
+print(json.dumps({"module": config.__file__, "train": t.model_dump(mode="json"), "unknown": unknown,
+                  "accelerate": sorted(p.name for p in ACCELERATE_DIR.glob("*.yaml"))}))
+"""
+
+
+def test_the_wheel_ships_the_hardware_profiles(tmp_path):
+    """A non-editable install (the built wheel, unpacked) applies train.profile=t4, away from the repository."""
+    src = tmp_path / "src"
+    src.mkdir()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for package in project["tool"]["setuptools"]["packages"]:
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-q", "-w", str(wheels), str(src)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = wheels.glob("domain_embed-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"trainer/profiles/hardware/t4.yaml", "trainer/profiles/accelerate/multi-gpu.yaml"} <= set(names)
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    away = tmp_path / "elsewhere"  # neither the repository nor the unpacked wheel is the working directory
+    away.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    probe = subprocess.run([sys.executable, "-c", _PROBE], cwd=away, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    out = json.loads(probe.stdout)
+    assert Path(out["module"]).is_relative_to(site)  # the installed copy, not the checkout
+    t4 = out["train"]
+    assert t4["profile"] == "t4" and t4["precision"] == "fp16" and t4["loss"] == "cached_mnrl"
+    assert t4["mini_batch_size"] == 64 and t4["max_batch_size"] == 256
+    assert "no such hardware profile (known: a100, cpu, multi-gpu, t4)" in out["unknown"]
+    assert out["accelerate"] == ["cpu-2proc.yaml", "multi-gpu.yaml"]
 
 
 def test_on_off_words_stay_words_for_text_settings():

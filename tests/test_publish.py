@@ -17,11 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
+from hub_cards.model import ST_MODEL_ID_PLACEHOLDER
 from tests.conftest import REPO
 from tests.hub_server import HubServer, cleanup
 from tests.publish_fixtures import PLANTED_TOKEN, build_run
 from trainer.errors import StageError
-from trainer.publish import STAGE, checkpoint_hub_kwargs
+from trainer.hub import checkpoint_hub_kwargs, hub_token_env
+from trainer.publish import STAGE
 from trainer.rundir import RunDir, run_stage
 
 MODEL = "tester/minilm-medical-test"
@@ -86,6 +88,9 @@ def test_push_then_repush_creates_no_new_commit(hub, tmp_path):
     card = ModelCard(hub.file_bytes(MODEL, "README.md").decode())
     assert card.data.datasets == [TRAINING, QUERIES] and card.data.eval_results
     assert f'SentenceTransformer("{MODEL}")' in card.text
+    # sentence-transformers' card (written next to the weights by its trainer) with ours merged in
+    assert "- **Maximum Sequence Length:** 256 tokens" in card.text and "### Full Model Architecture" in card.text
+    assert "generated_from_trainer" in card.data.tags and "## Contamination disclosure" in card.text
     dcard = DatasetCard(hub.file_bytes(TRAINING, "README.md", "dataset").decode())
     assert dcard.data.configs[0]["data_files"][0]["path"] == "data/train-*"
     assert "data/train-00000-of-00001.parquet" in hub.repo(TRAINING, "dataset").head.files
@@ -226,14 +231,73 @@ def test_checkpoint_hub_kwargs(tmp_path, monkeypatch):
     assert checkpoint_hub_kwargs(cfg) == {"push_to_hub": False}  # no token
     monkeypatch.setenv("HF_TOKEN", PLANTED_TOKEN)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    assert checkpoint_hub_kwargs(cfg) == {"push_to_hub": True, "hub_model_id": "acme/minilm-medical-test-checkpoints",
-                                          "hub_strategy": "checkpoint", "hub_private_repo": True}
+    expected = {"push_to_hub": True, "hub_model_id": "acme/minilm-medical-test-checkpoints",
+                "hub_strategy": "checkpoint", "hub_private_repo": True}
+    assert checkpoint_hub_kwargs(cfg) == expected
+    # another variable: never a kwarg (the trainer pickles its arguments into every checkpoint), HF_TOKEN meanwhile
     other = make_config(tmp_path / "run", "publish.push_checkpoints=true", "publish.owner=acme",
                         "publish.token_env=MY_TOKEN")
     monkeypatch.setenv("MY_TOKEN", "hf_other_token_value_123")
-    assert checkpoint_hub_kwargs(other)["hub_token"] == "hf_other_token_value_123"
+    assert checkpoint_hub_kwargs(other) == expected
+    with hub_token_env(other):
+        assert os.environ["HF_TOKEN"] == "hf_other_token_value_123"
+    assert os.environ["HF_TOKEN"] == PLANTED_TOKEN
     off = make_config(tmp_path / "run", "publish.owner=acme")
     assert checkpoint_hub_kwargs(off) == {"push_to_hub": False}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert checkpoint_hub_kwargs(cfg) == {"push_to_hub": False}
+
+
+_TRAIN_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from tests.train_fixtures import FAKE_MINE, TINY
+from trainer.config import load_config
+from trainer.models import resolve_model
+from trainer.rundir import RunDir, run_stage
+from trainer.train import STAGE
+
+base = resolve_model("sentence-transformers/all-MiniLM-L6-v2", offline=True)  # the Hub here is the test server
+cfg = load_config(None, [*TINY, "train.epochs=1", "train.val_fraction=0", "model.name=" + base,
+                         "run.dir=" + sys.argv[1], "publish.push_checkpoints=true", "publish.name=tiny",
+                         "publish.token_env=MY_HUB_TOKEN"])
+run_stage(FAKE_MINE, cfg, RunDir(cfg.run.dir))
+print(run_stage(STAGE, cfg, RunDir(cfg.run.dir)).manifest["counts"]["checkpoints_repo"])
+"""
+
+
+def test_train_stage_pushes_its_checkpoints_to_the_hub(hub, tmp_path):
+    """publish.push_checkpoints: a real tiny training run pushes its checkpoint to <owner>/<name>-checkpoints."""
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0", DOMAIN_EMBED_OFFLINE="0",
+               TRANSFORMERS_OFFLINE="0", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HOME=str(tmp_path / "hf-home"),
+               MY_HUB_TOKEN=PLANTED_TOKEN)
+    res = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT, str(run_dir), str(REPO)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    repo_id = "tester/tiny-checkpoints"  # the owner from whoami; the model's own repo is the publish stage's
+    assert res.stdout.strip().splitlines()[-1] == repo_id
+    repo = hub.repo(repo_id)
+    assert repo.private and ("model", "tester/tiny") not in hub.repos
+    assert {c.title for c in repo.commits} >= {"Training in progress, step 2",
+                                               "Training in progress, step 2, checkpoint"}
+    files = repo.head.files
+    # the resumable checkpoint under last-checkpoint/, the model itself (sentence-transformers layout) at the root
+    assert {"last-checkpoint/model.safetensors", "last-checkpoint/optimizer.pt", "last-checkpoint/scheduler.pt",
+            "last-checkpoint/trainer_state.json", "last-checkpoint/modules.json", "model.safetensors",
+            "modules.json", "tokenizer.json", "1_Pooling/config.json"} <= set(files)
+    assert json.loads(hub.file_bytes(repo_id, "last-checkpoint/trainer_state.json"))["global_step"] == 2
+    final = (run_dir / "stages/train/model/model.safetensors").read_bytes()  # no validation: the last step's
+    assert hub.file_bytes(repo_id, "last-checkpoint/model.safetensors") == final
+    # the token: used for every request, written nowhere (not in the pickled training_args.bin either)
+    assert hub.auth_headers == {f"Bearer {PLANTED_TOKEN}"}
+    assert all(PLANTED_TOKEN.encode() not in hub.file_bytes(repo_id, p) for p in files)
+    assert_token_nowhere(run_dir, res.stdout, res.stderr)
+    # the trained model's card: its usage does not load the checkpoints repo (publish names the model's repo)
+    card = (run_dir / "stages/train/model/README.md").read_text(encoding="utf-8")
+    assert f'SentenceTransformer("{repo_id}")' not in card
+    assert f'SentenceTransformer("{ST_MODEL_ID_PLACEHOLDER}")' in card
 
 
 def test_submission_files_are_valid_mteb_data(tmp_path, monkeypatch):

@@ -14,13 +14,12 @@ import pytest
 import torch
 import yaml
 
-from trainer.config import load_config
+from trainer.config import ACCELERATE_DIR, HARDWARE_DIR, load_config, profile_path
 from trainer.errors import ConfigError, InputError, StageError
 from trainer.models import resolve_model
 from trainer.rundir import RunDir, run_stage
 from trainer.train import (
     STAGE,
-    hardware_profile,
     launch_command,
     make_plan,
     resolve_precision,
@@ -340,33 +339,33 @@ def test_mixed_precision_falls_back_to_fp32_without_cuda(caplog):
 
 
 def test_hardware_profiles_load():
-    profiles = {p.stem: p for p in (REPO / "configs/hardware").glob("*.yaml")}
+    profiles = {p.stem: p for p in HARDWARE_DIR.glob("*.yaml")}
     assert set(profiles) == {"cpu", "t4", "a100", "multi-gpu"}
     loaded = {name: load_config(path).train for name, path in profiles.items()}
     for name, t in loaded.items():
         assert t.profile == name
-        assert hardware_profile(name) == profiles[name]
+        assert profile_path(name) == profiles[name]
     assert loaded["cpu"].precision == "fp32" and loaded["cpu"].max_seq_length == 128
     assert loaded["t4"].precision == "fp16" and loaded["t4"].loss == "cached_mnrl"
     assert loaded["a100"].precision == "bf16" and loaded["a100"].max_batch_size >= 256
     multi = loaded["multi-gpu"]
     assert multi.num_processes > 1 and multi.gather_across_devices
-    assert (REPO / multi.accelerate_config).is_file()
-    with pytest.raises(ConfigError, match="no hardware profile"):
-        hardware_profile("tpu")
+    assert multi.accelerate_config is None  # the shipped multi-gpu.yaml is the default with CUDA
+    with pytest.raises(ConfigError, match="no such hardware profile"):
+        profile_path("tpu")
 
 
 def test_accelerate_configs_and_launch_command(tmp_path):
-    for path in (REPO / "configs/accelerate").glob("*.yaml"):
+    for path in ACCELERATE_DIR.glob("*.yaml"):
         conf = yaml.safe_load(path.read_text())
         assert conf["compute_environment"] == "LOCAL_MACHINE" and conf["num_machines"] == 1
-    cpu = yaml.safe_load((REPO / "configs/accelerate/cpu-2proc.yaml").read_text())
+    cpu = yaml.safe_load((ACCELERATE_DIR / "cpu-2proc.yaml").read_text())
     assert cpu["use_cpu"] is True and cpu["distributed_type"] == "MULTI_GPU"  # MULTI_CPU runs one process
     if torch.cuda.is_available():
         pytest.skip("the CPU launch command is checked where there is no GPU")
     cmd = launch_command(load_config(None, ["train.num_processes=2"]), tmp_path / "job.json")
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
-    assert cmd[4].endswith("configs/accelerate/cpu-2proc.yaml")
+    assert cmd[4] == str(ACCELERATE_DIR / "cpu-2proc.yaml")
     assert cmd[-3:] == ["-m", "trainer.train", str(tmp_path / "job.json")]
     cmd = launch_command(load_config(None, ["train.num_processes=2", "train.launcher=torchrun"]), tmp_path / "j")
     assert "--standalone" in cmd and "--nproc_per_node=2" in cmd

@@ -24,9 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainer.domains import DOMAIN_NAMES
 from trainer.errors import ConfigError
-from trainer.paths import REPO_ROOT
 
 Domain = Literal[DOMAIN_NAMES]  # the domain registry's names (trainer.domains)
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"  # package data: found the same way when installed
+HARDWARE_DIR = PROFILES_DIR / "hardware"  # train.profile=<name> -> <name>.yaml
+ACCELERATE_DIR = PROFILES_DIR / "accelerate"  # accelerate launch configs for train.num_processes > 1
 
 
 class _Section(BaseModel):
@@ -205,8 +207,8 @@ class MineConfig(_Section):
 
 class TrainConfig(_Section):
     profile: Literal["cpu", "t4", "a100", "multi-gpu"] | None = Field(
-        None, description="Hardware profile: its settings (configs/hardware/<profile>.yaml) are applied under "
-        "yours. None: the recipe's settings as configured."
+        None, description="Hardware profile: its settings (trainer/profiles/hardware/<profile>.yaml, shipped with "
+        "the package) are applied under yours. None: the recipe's settings as configured."
     )
     loss: Literal["mnrl", "cached_mnrl"] = Field(
         "mnrl", description="MultipleNegativesRankingLoss or its GradCache form (large batches on small GPUs)."
@@ -263,8 +265,8 @@ class TrainConfig(_Section):
         "accelerate", description="How workers are launched when num_processes > 1."
     )
     accelerate_config: str | None = Field(
-        None, description="accelerate config file for the launcher; default: configs/accelerate/multi-gpu.yaml "
-        "with CUDA, configs/accelerate/cpu-2proc.yaml without."
+        None, description="accelerate config file for the launcher; default: the shipped "
+        "trainer/profiles/accelerate/multi-gpu.yaml with CUDA, trainer/profiles/accelerate/cpu-2proc.yaml without."
     )
 
 
@@ -344,8 +346,9 @@ class PublishConfig(_Section):
     private: bool = Field(True, description="Create private repositories.")
     token_env: str = Field("HF_TOKEN", description="Environment variable holding the Hub token (never stored).")
     push_checkpoints: bool = Field(
-        False, description="Push training checkpoints as they are saved, to <name>-checkpoints (recorded here; the "
-        "train stage applies it through trainer.publish.checkpoint_hub_kwargs)."
+        False, description="The train stage pushes each checkpoint it saves to <owner>/<name>-checkpoints "
+        "(hub_strategy checkpoint: the model files at the root, the resumable checkpoint under last-checkpoint/), "
+        "with the token in $<token_env>; without a token or offline it pushes nothing."
     )
     push_datasets: bool = Field(True, description="Also push the synthetic queries and the mined training set.")
     dry_run: bool = Field(
@@ -436,12 +439,28 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _profile_data(name: str) -> dict[str, Any]:
+def profile_path(name: str) -> Path:
+    """trainer/profiles/hardware/<name>.yaml (package data, so it exists in any install), else a ConfigError."""
+    path = HARDWARE_DIR / f"{name}.yaml"
+    if path.is_file():
+        return path
+    known = sorted(p.stem for p in HARDWARE_DIR.glob("*.yaml"))
+    if not known:
+        raise ConfigError(f"train.profile={name!r}: no hardware profiles in {HARDWARE_DIR}; this installation of "
+                          "domain-embed is incomplete (its wheel ships trainer/profiles/): reinstall it")
+    raise ConfigError(f"train.profile={name!r}: no such hardware profile (known: {', '.join(known)})")
 
-    path = REPO_ROOT / "configs" / "hardware" / f"{name}.yaml"
-    if not path.is_file():
-        return {}  # an unknown name is reported by validation of train.profile
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+def _profile_data(name: str) -> dict[str, Any]:
+    """The profile's settings (a train: section), applied under the user's."""
+    path = profile_path(name)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"hardware profile {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
+        raise ConfigError(f"hardware profile {path} must hold a train: section")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -470,7 +489,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, value = parse_override(item)
         _set_dotted(data, key, value)
     profile = (data.get("train") or {}).get("profile") if isinstance(data.get("train"), dict) else None
-    if profile:
+    if profile is not None:  # an unknown or missing profile is a ConfigError, never nothing applied
         data = _merge(_profile_data(str(profile)), data)
     try:
         return Config.model_validate(data)

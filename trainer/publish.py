@@ -28,14 +28,7 @@ is never written: not to the run directory, the logs, the cards or an error mess
 to push a file that contains it. Without a token, with ``publish.dry_run`` or offline
 (``HF_HUB_OFFLINE=1``) the stage writes the folders and PUSH.md and pushes nothing.
 
-Example::
-
-    >>> from trainer.config import load_config
-    >>> cfg = load_config(None, ["publish.owner=me", "run.dir=runs/quickstart", "domain=legal"])
-    >>> repo_ids(cfg, "me")["model"]
-    'me/all-MiniLM-L6-v2-legal-quickstart'
-    >>> checkpoint_hub_kwargs(cfg)
-    {'push_to_hub': False}
+Repository names and the token come from trainer.hub (the train stage's checkpoint pushes use it too).
 """
 
 from __future__ import annotations
@@ -44,7 +37,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import struct
 import time
@@ -60,16 +52,14 @@ from trainer import submission
 from trainer.config import Config
 from trainer.errors import StageError
 from trainer.files import sha256_file, write_json_atomic
+from trainer.hub import OWNER_PLACEHOLDER, hub_token, repo_ids
 from trainer.leaderboard import default_results_dir
 from trainer.logs import redact
 from trainer.models import hub_reachable, is_offline, resolve_model
 from trainer.retry import RetryPolicy, http_status, is_retryable, retry_after
 from trainer.rundir import Input, Stage, StageContext
 
-KINDS = ("queries", "training_set", "model")  # push order: the model card links the datasets
 REPO_TYPES = {"queries": "dataset", "training_set": "dataset", "model": "model"}
-SUFFIXES = {"queries": "-queries", "training_set": "-training-set", "model": ""}
-OWNER_PLACEHOLDER = "YOUR_HF_USERNAME"
 MAX_BACKOFF_S = 60.0  # the longest wait between two push attempts
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # datasets' push_to_hub default
 _MODEL_SKIP = {"README.md", "training_args.json", "train_log.json"}
@@ -77,53 +67,6 @@ T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------------- repo naming
-
-
-def _slug(text: str) -> str:
-    text = re.sub(r"[^A-Za-z0-9._-]+", "-", text)
-    text = re.sub(r"[-.]{2,}", "-", text).strip("-.")
-    return text[:80] or "model"
-
-
-def default_name(cfg: Config) -> str:
-    """<base model>-<domain>-<run dir name>, e.g. all-MiniLM-L6-v2-legal-quickstart."""
-    base = Path(cfg.model.name.rstrip("/")).name
-    return _slug(f"{base}-{cfg.domain}-{Path(cfg.run.dir).name}")
-
-
-def repo_ids(cfg: Config, owner: str | None) -> dict[str, str]:
-    name = _slug(cfg.publish.name) if cfg.publish.name else default_name(cfg)
-    owner = owner or OWNER_PLACEHOLDER
-    return {kind: f"{owner}/{name}{SUFFIXES[kind]}" for kind in KINDS}
-
-
-def _token(cfg: Config) -> str | None:
-    value = os.environ.get(cfg.publish.token_env, "").strip()
-    return value or None
-
-
-def checkpoint_hub_kwargs(cfg: Config, owner: str | None = None) -> dict[str, Any]:
-    """TrainingArguments kwargs for ``publish.push_checkpoints`` (for the train stage).
-
-    Checkpoints go to their own private-by-default repo ``<owner>/<name>-checkpoints`` with
-    ``hub_strategy="checkpoint"`` (the latest checkpoint, resumable), never to the model repo the publish
-    stage writes. Without a token, offline, or with the setting off: ``{"push_to_hub": False}``. The token
-    is passed as ``hub_token`` only when it is not in HF_TOKEN (where huggingface_hub finds it itself);
-    TrainingArguments masks it when it serialises itself.
-    """
-    token = _token(cfg)
-    if not cfg.publish.push_checkpoints or token is None or is_offline():
-        return {"push_to_hub": False}
-    if owner is None and cfg.publish.owner is None:
-        from huggingface_hub import HfApi
-
-        owner = HfApi(token=token).whoami()["name"]
-    model_id = repo_ids(cfg, owner or cfg.publish.owner)["model"]
-    kwargs: dict[str, Any] = {"push_to_hub": True, "hub_model_id": f"{model_id}-checkpoints",
-                              "hub_strategy": "checkpoint", "hub_private_repo": cfg.publish.private}
-    if cfg.publish.token_env != "HF_TOKEN":
-        kwargs["hub_token"] = token
-    return kwargs
 
 
 # ------------------------------------------------------------------------------- model folder facts
@@ -167,31 +110,49 @@ def model_facts(model_dir: Path) -> tuple[Any, dict[str, Any]]:
                 n_embed += count
     facts.n_parameters = n_params or None
     sbert = _read_json(model_dir / "sentence_bert_config.json") or {}
-    facts.max_seq_length = sbert.get("max_seq_length")
+    tokenizer = _read_json(model_dir / "tokenizer_config.json") or {}
+    # sentence-transformers < 5 kept the limit in sentence_bert_config.json; 5.x keeps it in the tokenizer
+    limit = sbert.get("max_seq_length") or tokenizer.get("model_max_length")
+    facts.max_seq_length = limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None  # not "no limit"
     st_cfg = _read_json(model_dir / "config_sentence_transformers.json") or {}
     facts.similarity_fn_name = st_cfg.get("similarity_fn_name") or "cosine"
     facts.prompts = {k: v for k, v in (st_cfg.get("prompts") or {}).items() if v}
-    lines = []
     for module in _read_json(model_dir / "modules.json") or []:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-        conf = {}
-        if kind == "Transformer":
-            conf = {"max_seq_length": facts.max_seq_length, "do_lower_case": sbert.get("do_lower_case", False)}
-            arch = (_read_json(model_dir / "config.json") or {}).get("architectures") or []
-            if arch:
-                conf["architecture"] = arch[0]
-        else:
-            conf = _read_json(model_dir / module.get("path", "") / "config.json") or {}
-        if kind == "Pooling" and conf.get("word_embedding_dimension"):
-            facts.embedding_dim = conf["word_embedding_dimension"]
+        conf = _read_json(model_dir / module.get("path", "") / "config.json") or {}
+        # Pooling: embedding_dimension (5.x) or word_embedding_dimension; a Dense layer after it wins
+        pooled = conf.get("embedding_dimension") or conf.get("word_embedding_dimension")
+        if kind == "Pooling" and pooled:
+            facts.embedding_dim = pooled
         if kind == "Dense" and conf.get("out_features"):
             facts.embedding_dim = conf["out_features"]
-        lines.append(f"  ({module.get('idx', len(lines))}): {kind}({json.dumps(conf) if conf else ''})")
     if facts.embedding_dim is None:
         facts.embedding_dim = (_read_json(model_dir / "config.json") or {}).get("hidden_size")
-    facts.architecture = "SentenceTransformer(\n" + "\n".join(lines) + "\n)" if lines else ""
     return facts, {"n_embedding_parameters": n_embed or None,
                    "memory_usage_mb": round(size / 2**20) if size else None}
+
+
+def sentence_transformers_card(model_dir: Path, repo_id: str) -> str:
+    """sentence-transformers' own card for the model (README.md text), the base of the published one.
+
+    The card its trainer wrote next to the weights at the end of training (tagged generated_from_trainer:
+    datasets, losses, hyperparameters, training logs); else, for a folder without one, the card its template
+    renders now from the loaded model (``SentenceTransformerModelCardData``, without the Hub).
+    """
+    from huggingface_hub import ModelCard
+
+    saved = model_dir / "README.md"
+    if saved.is_file():
+        text = saved.read_text(encoding="utf-8")
+        if "generated_from_trainer" in (ModelCard(text).data.tags or []):
+            return text
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.model_card import generate_model_card
+    from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
+
+    card_data = SentenceTransformerModelCardData(model_id=repo_id, local_files_only=True)
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True, model_card_data=card_data)
+    return generate_model_card(model)
 
 
 def _base_license(cfg: Config) -> str | None:
@@ -420,7 +381,7 @@ def push_mode(cfg: Config) -> str:
     """'dry_run', 'no_token', 'offline' or 'push' (the token itself is never part of it)."""
     if cfg.publish.dry_run:
         return "dry_run"
-    if _token(cfg) is None:
+    if hub_token(cfg) is None:
         return "no_token"
     if is_offline():
         return "offline"
@@ -451,7 +412,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     cfg, sdir, log = ctx.cfg, ctx.dir, ctx.log
     p = cfg.publish
-    token = _token(cfg)
+    token = hub_token(cfg)
     mode = push_mode(cfg)
     model_dir = ctx.input("train", "model")
     if not (model_dir / "modules.json").is_file() and not (model_dir / "config.json").is_file():
@@ -515,8 +476,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     train_m = manifests["train"] or {}
     onnx_dir = ctx.input("export", "onnx")
 
+    st_card = sentence_transformers_card(model_dir, ids["model"])
+
     def card_fn(onnx_files: list[str]) -> Any:
-        return model_card(cfg, ids["model"], facts, train_counts=train_m.get("counts") or {},
+        return model_card(cfg, ids["model"], facts, st_card=st_card, train_counts=train_m.get("counts") or {},
                           train_seconds=train_m.get("duration_s"), report=report, datasets=datasets_published,
                           onnx_files=onnx_files, versions=train_m.get("versions") or {}, license_id=license_id)
 

@@ -18,14 +18,16 @@ Outputs in ``<run>/stages/train/``:
 - ``train_log.json``: the trainer's log history, the plan (batch, epochs, steps) and any lr sweep
 
 Checkpoints go to ``_work/``; a killed run resumes from its last complete checkpoint and reaches the
-same final weights. ``train.num_processes > 1`` launches workers through ``accelerate launch`` (or
+same final weights. With ``publish.push_checkpoints`` and a token, each one is also pushed as it is saved
+to ``<owner>/<name>-checkpoints`` (:func:`trainer.hub.checkpoint_hub_kwargs`).
+``train.num_processes > 1`` launches workers through ``accelerate launch`` (or
 ``torchrun``) running ``python -m trainer.train JOB.json``; the stage itself stays one process.
 
 Example::
 
     >>> from trainer.config import load_config
     >>> from trainer.rundir import RunDir, run_stage
-    >>> cfg = load_config("configs/hardware/cpu.yaml", ["run.dir=runs/quickstart"])
+    >>> cfg = load_config(None, ["train.profile=cpu", "run.dir=runs/quickstart"])
     >>> run_stage(STAGE, cfg, RunDir(cfg.run.dir)).manifest["counts"]["best_val_ndcg@10"]  # doctest: +SKIP
     0.71
 """
@@ -49,16 +51,15 @@ from pathlib import Path
 from typing import Any
 
 from trainer._faults import crash_point
-from trainer.config import Config
+from trainer.config import ACCELERATE_DIR, Config
 from trainer.errors import ConfigError, InputError, StageError
 from trainer.files import atomic_dir, free_port, write_json_atomic
-from trainer.logs import get_logger
+from trainer.hub import checkpoint_hub_kwargs, hub_token_env
+from trainer.logs import get_logger, redact
 from trainer.models import model_max_length, resolve_model
 from trainer.rundir import WORK, Input, Stage, StageContext
 
 REPO = Path(__file__).resolve().parents[1]
-HARDWARE_DIR = REPO / "configs" / "hardware"
-ACCELERATE_DIR = REPO / "configs" / "accelerate"
 SMALL_SET_ROWS = 2_000  # below this the automatic batch is rows/32 clamped to 16-64 (recipe)
 VAL_NAME = "val"
 _NEG_RE = re.compile(r"negative_(\d+)")
@@ -394,6 +395,12 @@ def fit(
     validate = evaluator is not None
 
     ckpt_dir = out / "checkpoints"
+    try:
+        hub = checkpoint_hub_kwargs(cfg)  # publish.push_checkpoints: each save also goes to <name>-checkpoints
+    except OSError as exc:  # huggingface_hub's HTTP and connection errors
+        raise _push_error(cfg, exc) from None
+    if hub["push_to_hub"] and rank == 0:
+        log.info("train: pushing each checkpoint to %s (last-checkpoint/)", hub["hub_model_id"])
     args = SentenceTransformerTrainingArguments(
         output_dir=str(ckpt_dir),
         num_train_epochs=plan.epochs,
@@ -421,19 +428,33 @@ def fit(
         report_to="none",
         disable_tqdm=True,
         dataloader_drop_last=False,
+        **hub,
     )
     faults, meter = _callbacks(report if rank == 0 else None, log)
     callbacks = [faults, meter]
     if validate and t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks
-    )
-    trainer.remove_callback(PrinterCallback)  # our Meter logs through the run log instead of print()
     resume = last_checkpoint(ckpt_dir, log)
     if resume is not None:
         log.info("train: resuming from %s", resume)
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with hub_token_env(cfg):  # the checkpoint pushes (and the repo creation) read the token from HF_TOKEN
+        try:
+            trainer = SentenceTransformerTrainer(
+                model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks
+            )
+        except OSError as exc:
+            if not hub["push_to_hub"]:
+                raise
+            raise _push_error(cfg, exc) from None  # creating <name>-checkpoints on the Hub failed
+        trainer.remove_callback(PrinterCallback)  # our Meter logs through the run log instead of print()
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)  # waits for the last push
+    if hub["push_to_hub"]:
+        model.model_card_data.model_id = None  # the card's usage names the checkpoints repo; publish names its own
+        pushes = getattr(trainer, "push_in_progress", None)
+        for job in pushes.jobs if pushes is not None else []:  # the uploads run in the background, errors unseen
+            if job.exception() is not None:
+                log.warning("train: pushing the last checkpoint to %s failed: %s", hub["hub_model_id"],
+                            redact(str(job.exception()), (os.environ.get(cfg.publish.token_env, ""),)))
 
     if trainer.state.global_step == 0:
         raise StageError(
@@ -458,6 +479,7 @@ def fit(
         "train_seconds": round(meter.seconds, 2),
         "samples_per_s": round(meter.steps * plan.batch_size * world / meter.seconds, 2) if meter.seconds else None,
         "resumed_from_step": int(resume.name.split("-")[-1]) if resume else 0,
+        "checkpoints_repo": hub.get("hub_model_id"),
         "best_val_ndcg@10": round(trainer.state.best_metric, 6) if validate and trainer.state.best_metric else None,
         "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
         "final_loss": round(losses[-1], 6) if losses else None,
@@ -472,6 +494,17 @@ def fit(
             write_json_atomic(tmp / "train_log.json", {"log_history": trainer.state.log_history, **result})
         write_json_atomic(out / "result.json", result)
     return result
+
+
+def _push_error(cfg: Config, exc: OSError) -> StageError:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    token = os.environ.get(cfg.publish.token_env, "").strip()
+    return StageError(
+        f"publish.push_checkpoints: the Hub at {endpoint} refused or did not answer "
+        f"({type(exc).__name__}: {redact(str(exc), (token,) if token else ())}). Check that "
+        f"${cfg.publish.token_env} holds a write token (and publish.owner, if set), or set "
+        "publish.push_checkpoints=false to train without pushing checkpoints"
+    )
 
 
 def _step_of(checkpoint: str | None) -> int | None:
@@ -614,15 +647,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         counts["best_val_ndcg@10"], counts["final_loss"],
     )
     return counts
-
-
-def hardware_profile(name: str) -> Path:
-    """configs/hardware/<name>.yaml: a partial config (train: settings) for a hardware profile."""
-    path = HARDWARE_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in HARDWARE_DIR.glob("*.yaml")))
-        raise ConfigError(f"no hardware profile {name!r} (known: {known})")
-    return path
 
 
 STAGE = Stage(
