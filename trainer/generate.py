@@ -310,9 +310,13 @@ def request_key(identity: str, messages: list[dict[str, str]], **params: Any) ->
 
 
 def generator_identity(cfg: Config) -> str:
+    """Names the generator in the cache key, the manifest and every published row: never a credential."""
+    from trainer.llm_client import public_url
+    from trainer.logs import redact
+
     g = cfg.generate
     if g.endpoint:
-        return f"endpoint:{g.endpoint.rstrip('/')}|{g.model}"
+        return redact(f"endpoint:{public_url(g.endpoint)}|{g.model}")
     from trainer.models import GENERATORS, resolve_generator, sha256_file
 
     if g.generator in GENERATORS:
