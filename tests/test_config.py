@@ -196,3 +196,46 @@ def test_the_wheel_ships_the_hardware_profiles(tmp_path):
 def test_on_off_words_stay_words_for_text_settings():
     cfg = load_config(None, ["export.retrieval_check=off", "generate.judge=on", "publish.private=no"])
     assert cfg.export.retrieval_check == "off" and cfg.generate.judge == "on" and cfg.publish.private is False
+
+
+PASTED = ["hf_PlantedFakeTokenDoNotLeak0123456789", "sk-proj-AbCdEfGhIjKlMnOpQrSt1234",
+          "tgi-Zx9Qm2LpR7tVbN4cKw8YjH3sDf6GaE1uW5", "Zx9Qm2LpR7tVbN4cKw8YjH3sDf6GaE1uW5", "0f3c9a7e51d2b84c0f3c9a7e"]
+
+
+@pytest.mark.parametrize("key", ["generate.token_env", "publish.token_env"])
+@pytest.mark.parametrize("value", PASTED)
+def test_token_env_settings_refuse_a_pasted_token(key, value, tmp_path):
+    """A token pasted where a variable's NAME belongs would be stored in config.yaml, manifests and PUSH.md."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"{key}={value}"])
+    message = str(info.value)
+    assert f"{key}:" in message and "put the token in an environment variable and give its name" in message
+    assert value not in message
+    section, name = key.split(".")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError, match="give its name"):
+        load_config(path)
+
+
+def test_token_env_settings_take_variable_names():
+    cfg = load_config(None, ["generate.token_env=TGI_TOKEN", "publish.token_env=hf_write_token"])
+    assert (cfg.generate.token_env, cfg.publish.token_env) == ("TGI_TOKEN", "hf_write_token")
+    assert Config().generate.token_env == "HF_TOKEN"
+
+
+@pytest.mark.parametrize("key", ["generate.endpoint", "generate.judge_endpoint"])
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://bob:{t}@tgi.example.com:8080/v1", "the URL holds credentials"),
+    ("https://{t}@tgi.example.com/v1", "the URL holds credentials"),
+    ("https://tgi.example.com/v1?api_key={t}", "looks like a token"),
+])
+def test_endpoint_urls_refuse_credentials(key, url, message):
+    token = "Zx9Qm2LpR7tVbN4cKw8YjH3sDf6GaE1uW5"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"{key}={url.format(t=token)}"])
+    assert f"{key}:" in str(info.value) and message in str(info.value) and "generate.token_env" in str(info.value)
+    assert token not in str(info.value)
+    cfg = load_config(None, [f"{key}=https://tgi.example.com/v1"])
+    with pytest.raises(ValueError):  # set in code, it is checked too (validate_assignment)
+        cfg.generate.endpoint = url.format(t=token)

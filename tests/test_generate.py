@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from trainer.config import load_config
-from trainer.generate import copy_reason, near_duplicates, parse_judge, parse_query, plan_tasks, word_overlap
+from trainer.generate import (
+    copy_reason,
+    generator_identity,
+    near_duplicates,
+    parse_judge,
+    parse_query,
+    plan_tasks,
+    word_overlap,
+)
 from trainer.prompts import PROMPT_VERSION
 
 from .fault_proxy import FaultProxy
@@ -276,3 +284,14 @@ def test_generation_sample_and_test_split_are_independent():
     held_out = split_documents([c["doc_id"] for c in chunks], 0.2, cfg.run.seed)
     assert len(sampled) == 60 and len(held_out) == 16
     assert sampled & held_out  # some generated queries land in the test split
+
+
+def test_generator_identity_never_holds_a_credential():
+    """The identity goes into the cache key, the manifest, every published row and the dataset card."""
+    cfg = load_config(None, ["generate.endpoint=https://tgi.example.com/v1/", "generate.model=tgi"])
+    assert generator_identity(cfg) == "endpoint:https://tgi.example.com/v1|tgi"
+    token = "tgi-Zx9Qm2LpR7tVbN4cKw8YjH3sDf6GaE1uW5"
+    # a config built in code, past validation (model_copy does not validate)
+    raw = cfg.generate.model_copy(update={"endpoint": f"https://bob:{token}@tgi.example.com/v1?api_key={token}"})
+    identity = generator_identity(cfg.model_copy(update={"generate": raw}))
+    assert identity == "endpoint:https://tgi.example.com/v1|tgi"

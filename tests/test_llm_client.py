@@ -9,7 +9,7 @@ import time
 import pytest
 
 from trainer._process import pid_alive
-from trainer.llm_client import ChatClient, EndpointError
+from trainer.llm_client import ChatClient, EndpointError, token_for
 from trainer.llm_server import LocalLLMServer
 from trainer.models import resolve_generator
 
@@ -17,6 +17,8 @@ from .fault_proxy import FaultProxy
 
 MSGS = [{"role": "user", "content": "Write one word: hello"}]
 TOKEN = "hf_PlantedFakeTokenForTests0123456789"
+HUB_TOKEN = "hf_PlantedHubTokenNotForEndpoints0123"
+ENDPOINT_TOKEN = "tgi-Zx9Qm2LpR7tVbN4cKw8YjH3sDf6GaE1uW5"
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +198,45 @@ def test_401_and_403_say_the_token_is_rejected(status, token, said):
     msg = str(info.value)
     assert said in msg and f"HTTP {status}" in msg and "HF_TOKEN" in msg and TOKEN not in msg
     assert info.value.exhausted and proxy.requests == 1  # no retry: the same token fails again
+
+
+def test_the_hub_token_is_sent_to_hugging_face_only(monkeypatch):
+    """HF_TOKEN used to go as Bearer to any endpoint: passed (generate.token_env=HF_TOKEN, the default) or
+    found by huggingface_hub itself. A down upstream answers 502: the header sent is what counts."""
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    with FaultProxy("http://127.0.0.1:9/v1") as proxy:
+        for token in (HUB_TOKEN, None):
+            with pytest.raises(EndpointError):
+                ChatClient(proxy.base_url, token=token, max_retries=0).chat(MSGS, max_tokens=4)
+        assert proxy.auth_headers == ["", ""]
+        with pytest.raises(EndpointError):  # a token the user named for this endpoint is sent to it
+            ChatClient(proxy.base_url, token=ENDPOINT_TOKEN, max_retries=0).chat(MSGS, max_tokens=4)
+        assert proxy.auth_headers[-1] == f"Bearer {ENDPOINT_TOKEN}"
+        monkeypatch.setenv("HF_ENDPOINT", proxy.base_url.rsplit("/v1", 1)[0])  # the configured Hub
+        with pytest.raises(EndpointError):
+            ChatClient(proxy.base_url, token=HUB_TOKEN, max_retries=0).chat(MSGS, max_tokens=4)
+        assert proxy.auth_headers[-1] == f"Bearer {HUB_TOKEN}"
+
+
+def test_which_hosts_get_the_hub_token(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    for url in ("https://huggingface.co/v1", "https://router.huggingface.co/v1",
+                "https://x1y2.us-east-1.aws.endpoints.huggingface.cloud/v1", "https://me-my-space.hf.space/v1"):
+        assert token_for(url, HUB_TOKEN) == HUB_TOKEN, url
+    for url in ("https://evilhuggingface.co/v1", "https://huggingface.co.evil.example/v1",
+                "https://tgi.example.com/v1", "http://127.0.0.1:8080/v1"):
+        assert token_for(url, HUB_TOKEN) is None, url
+    assert token_for("https://tgi.example.com/v1", ENDPOINT_TOKEN) == ENDPOINT_TOKEN
+
+
+def test_no_token_crosses_plain_http_to_another_machine(monkeypatch):
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    with pytest.raises(EndpointError, match=r"refusing to send a token to tgi\.example\.com over plain http") as info:
+        ChatClient("http://tgi.example.com/v1", token=ENDPOINT_TOKEN)
+    assert ENDPOINT_TOKEN not in str(info.value)
+    with pytest.raises(EndpointError, match="over plain http"):
+        ChatClient("http://huggingface.co/v1", token=ENDPOINT_TOKEN)
+    ChatClient("http://tgi.example.com/v1")  # without a token: fine (nothing is contacted here)
+    ChatClient("http://localhost:8080/v1", token=ENDPOINT_TOKEN)  # loopback: fine

@@ -223,6 +223,33 @@ def test_a_file_holding_the_token_is_never_published(tmp_path, monkeypatch):
     assert "notes.txt contains the Hub token" in str(err.value) and PLANTED_TOKEN not in str(err.value)
 
 
+def test_a_file_holding_the_endpoint_token_is_never_published(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    cfg = build_run(run_dir, evaluate=None, export=False, datasets=False)
+    endpoint_token = "tgi-Zx9Qm2LpR7tVbN4cKw8YjH3sDf6GaE1uW5"  # of no known shape: found by its value
+    (run_dir / "stages/train/model/notes.txt").write_text(f"endpoint key {endpoint_token}\n")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("TGI_TOKEN", endpoint_token)
+    cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"token_env": "TGI_TOKEN"})})
+    with pytest.raises(StageError) as err:
+        run_stage(STAGE, cfg, RunDir(run_dir))
+    assert "notes.txt contains the value of $TGI_TOKEN" in str(err.value) and endpoint_token not in str(err.value)
+
+
+def test_a_card_quoting_a_credential_is_never_published(tmp_path, monkeypatch):
+    """A generate manifest from before the endpoint check held the endpoint URL with its user:password@."""
+    run_dir = tmp_path / "run"
+    cfg = build_run(run_dir, evaluate=None, export=False)
+    manifest = run_dir / "stages/generate/manifest.json"
+    data = json.loads(manifest.read_text())
+    data["counts"]["generator"] = "endpoint:https://bob:s3cretpassword@tgi.example.com/v1|tgi"
+    manifest.write_text(json.dumps(data))
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # no token: the folders are still checked before PUSH.md
+    with pytest.raises(StageError, match=r"queries/README.md holds what looks like a credential") as err:
+        run_stage(STAGE, cfg, RunDir(run_dir))
+    assert "s3cretpassword" not in str(err.value)
+
+
 def test_checkpoint_hub_kwargs(tmp_path, monkeypatch):
     from tests.publish_fixtures import make_config
 

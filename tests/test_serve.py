@@ -10,6 +10,8 @@ import base64
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -28,6 +30,7 @@ from trainer.serve import (
     encode_base64,
     find_model_folder,
     parse_request,
+    release_memory,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,3 +213,71 @@ def test_cli_reports_a_damaged_onnx_file_and_exits_2(tmp_path, cli):
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert f"{folder / 'onnx/model.onnx'} cannot be loaded (InvalidProtobuf" in res.stderr
     assert "export --force" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_deep_json_and_invalid_unicode_are_400s(server):
+    """A 100k-deep body used to exhaust the parser's recursion and a lone surrogate the tokenizer: 500s."""
+    url = f"{server.base_url}/embeddings"
+    deep = httpx.post(url, content=b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                      headers={"content-type": "application/json"})
+    assert deep.status_code == 400, deep.text
+    assert "nests arrays/objects 100001 levels deep; the limit is 16" in deep.json()["error"]["message"]
+    brackets = httpx.post(url, json={"input": "[" * 5_000 + "{" * 5_000})  # brackets in a string are text
+    assert brackets.status_code == 200
+    for body, where in ((b'{"input": "caf\\u00e9 \\ud800 x"}', "'input'"),
+                        (b'{"input": ["ok", "\\udc00"]}', "'input[1]'")):
+        lone = httpx.post(url, content=body, headers={"content-type": "application/json"})
+        assert lone.status_code == 400, lone.text
+        err = lone.json()["error"]
+        assert err["message"].startswith(f"{where} is not valid Unicode: a lone surrogate")
+        assert err["code"] == "invalid_unicode"
+    bad_utf8 = httpx.post(url, content=b'{"input": "\xff\xfe"}', headers={"content-type": "application/json"})
+    assert bad_utf8.status_code == 400 and "not valid UTF-8" in bad_utf8.json()["error"]["message"]
+    assert httpx.get(f"http://127.0.0.1:{server.port}/health").status_code == 200
+
+
+def test_a_small_request_is_not_starved_by_a_big_one(server):
+    """Micro-batches are served round-robin: a one-input request sent while a 256-input request is being
+    embedded is answered before the big one is half done (it used to wait for all of it)."""
+    url = f"{server.base_url}/embeddings"
+    big_inputs = [f"{i} " + "statins lower cholesterol in the liver and blood " * 12 for i in range(256)]
+    finished: dict[str, float] = {}
+
+    def big() -> None:
+        r = httpx.post(url, json={"input": big_inputs}, timeout=600)
+        assert r.status_code == 200 and len(r.json()["data"]) == 256
+        finished["big"] = time.monotonic()
+
+    thread = threading.Thread(target=big)
+    started = time.monotonic()
+    thread.start()
+    time.sleep(1.0)  # the big request is in the server's hands (it takes far longer than this)
+    small = httpx.post(url, json={"input": "What lowers LDL cholesterol?"}, timeout=600)
+    finished["small"] = time.monotonic()
+    thread.join(timeout=600)
+    assert small.status_code == 200 and len(small.json()["data"]) == 1
+    assert "big" in finished, "the big request failed"
+    assert finished["small"] - started < (finished["big"] - started) / 2, "the small request waited for the big one"
+
+
+def test_release_memory_hands_freed_heap_back():
+    """What the server runs after a big request: freed heap pages go back to the OS (glibc malloc_trim)."""
+    import platform
+
+    def rss_mb() -> float:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+    keep, chunks = [], []
+    for i in range(2_000):  # 64 KiB blocks (under the mmap threshold) pinned apart by small live objects
+        chunks.append(bytes([i % 251]) * 65_536)
+        keep.append(bytes([i % 7]) * 600)
+    held = rss_mb()
+    chunks.clear()
+    freed = rss_mb()  # glibc keeps the holes between live blocks
+    release_memory()
+    trimmed = rss_mb()
+    assert held - freed < 40 and freed - trimmed > 60, (held, freed, trimmed)
+    assert len(keep) == 2_000

@@ -16,19 +16,54 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainer.domains import DOMAIN_NAMES
 from trainer.errors import ConfigError
+from trainer.logs import looks_like_secret
 
 Domain = Literal[DOMAIN_NAMES]  # the domain registry's names (trainer.domains)
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"  # package data: found the same way when installed
 HARDWARE_DIR = PROFILES_DIR / "hardware"  # train.profile=<name> -> <name>.yaml
 ACCELERATE_DIR = PROFILES_DIR / "accelerate"  # accelerate launch configs for train.num_processes > 1
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+
+
+def _env_var_name(value: str) -> str:
+    """A setting naming an environment variable: refuse a pasted token (it would be stored in config.yaml,
+    the manifests and PUSH.md). The value itself is never echoed."""
+    digits = any(c.isdigit() for c in value)
+    if value and (not _ENV_NAME.fullmatch(value) or looks_like_secret(value)
+                  or (len(value) >= 20 and digits and "_" not in value)):
+        raise ValueError("this setting holds the NAME of an environment variable (letters, digits and _), and "
+                         "this value looks like a token itself: put the token in an environment variable and give "
+                         "its name (e.g. export MY_TOKEN=<the token>, then token_env=MY_TOKEN); "
+                         "consider rotating the token if it was shared")
+    return value
+
+
+def _url_without_credentials(value: str | None) -> str | None:
+    """An endpoint URL: refuse credentials in it (user:password@, ?api_key=...), which would be stored."""
+    if value is None:
+        return value
+    parts = urlsplit(value.strip())
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the URL holds credentials (user:password@host); they would be stored in config.yaml and "
+                         "the run's manifests. Remove them, put the token in an environment variable and give its "
+                         "name with generate.token_env (it is sent as 'Authorization: Bearer')")
+    if looks_like_secret(value):
+        raise ValueError("the URL holds what looks like a token (e.g. ?api_key=...); it would be stored in "
+                         "config.yaml and the run's manifests. Remove it, put the token in an environment variable "
+                         "and give its name with generate.token_env (it is sent as 'Authorization: Bearer')")
+    return value
 
 
 class _Section(BaseModel):
@@ -152,6 +187,9 @@ class GenerateConfig(_Section):
     max_query_words: int = Field(60, ge=3, description="Longer outputs are invalid.")
     max_queries: int | None = Field(None, ge=1, description="Stop after this many valid queries.")
     max_minutes: float | None = Field(None, gt=0, description="Stop asking for new queries after this many minutes.")
+
+    _token_env = field_validator("token_env")(_env_var_name)
+    _endpoints = field_validator("endpoint", "judge_endpoint")(_url_without_credentials)
 
     @field_validator("judge", "structured_output", mode="before")
     @classmethod
@@ -362,6 +400,8 @@ class PublishConfig(_Section):
     model_license: str | None = Field(None, description="Licence of the model; default: the base model's.")
     max_retries: int = Field(4, ge=0, description="Retries per repository on 429/5xx/connection errors.")
     retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles on each retry.")
+
+    _token_env = field_validator("token_env")(_env_var_name)
 
 
 class Config(_Section):

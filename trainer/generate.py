@@ -40,8 +40,9 @@ from trainer.config import QUERY_TYPES, Config
 from trainer.dataset_io import save_rows
 from trainer.errors import StageError
 from trainer.files import sha256_file
-from trainer.llm_client import ChatClient, EndpointError
+from trainer.llm_client import ChatClient, EndpointError, public_url
 from trainer.llm_server import LocalLLMServer
+from trainer.logs import redact
 from trainer.models import GENERATORS, resolve_generator, resolve_model
 from trainer.prompts import JUDGE_FIELDS, JUDGE_SCHEMA, PROMPT_VERSION, QUERY_SCHEMA, judge_messages, query_messages
 from trainer.rundir import Input, Stage, StageContext
@@ -314,10 +315,10 @@ def request_key(identity: str, messages: list[dict[str, str]], **params: Any) ->
 
 
 def generator_identity(cfg: Config) -> str:
+    """Names the generator in the cache key, the manifest and every published row: never a credential."""
     g = cfg.generate
     if g.endpoint:
-        return f"endpoint:{g.endpoint.rstrip('/')}|{g.model}"
-
+        return redact(f"endpoint:{public_url(g.endpoint)}|{g.model}")
     if g.generator in GENERATORS:
         return f"gguf:{g.generator}:{GENERATORS[g.generator][1][:16]}"
     return f"gguf:{Path(g.generator).name}:{sha256_file(resolve_generator(g.generator))[:16]}"

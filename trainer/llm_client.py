@@ -4,6 +4,12 @@ Works against TGI, Inference Endpoints, vLLM, llama.cpp and ``transformers serve
 exponential backoff on 429/5xx, timeouts and connection errors; the token is passed to the client
 and never logged or put in an error message.
 
+Where the token goes (:func:`token_for`): the Hub token (the value of HF_TOKEN or its aliases, or the
+token saved by ``hf auth login``) only to Hugging Face hosts (huggingface.co and its subdomains,
+*.hf.space, *.endpoints.huggingface.cloud, the host of HF_ENDPOINT); a token the user named for the
+endpoint (``generate.token_env=MY_TOKEN``) to that endpoint; either only over https, or plain http to
+this machine (loopback). No token: none is sent, not even the one huggingface_hub would find itself.
+
 Example::
 
     >>> client = ChatClient("http://127.0.0.1:8080/v1", max_retries=0)  # doctest: +SKIP
@@ -14,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Callable
@@ -23,10 +30,63 @@ from urllib.parse import urlparse
 import requests
 
 from trainer.errors import TrainerError
-from trainer.logs import get_logger, redact
+from trainer.logs import HUB_TOKEN_ENVS, get_logger, redact, register_secret
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+HF_DOMAINS = ("huggingface.co", "hf.space", "endpoints.huggingface.cloud")  # the hosts and their subdomains
+
+
+def is_hf_host(url: str) -> bool:
+    """Whether ``url`` is served by Hugging Face (or is the configured HF_ENDPOINT)."""
+    parts = urlparse(url)
+    host = (parts.hostname or "").lower().rstrip(".")
+    if any(host == d or host.endswith("." + d) for d in HF_DOMAINS):
+        return True
+    custom = os.environ.get("HF_ENDPOINT")
+    return bool(custom) and (urlparse(custom).hostname, urlparse(custom).port) == (parts.hostname, parts.port)
+
+
+def _hub_tokens() -> set[str]:
+    """The Hub token's values: the token variables and the token saved by ``hf auth login``."""
+    values = {os.environ.get(n, "").strip() for n in HUB_TOKEN_ENVS}
+    try:
+        from huggingface_hub import get_token
+
+        values.add((get_token() or "").strip())
+    except ImportError:
+        pass
+    return {v for v in values if v}
+
+
+def public_url(url: str) -> str:
+    """``url`` without userinfo, query or fragment (what may be stored, logged and published)."""
+    parts = urlparse(url.strip())
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return redact(parts._replace(netloc=netloc, query="", fragment="").geturl().rstrip("/"))
+
+
+def token_for(base_url: str, token: str | None) -> str | None:
+    """The token to send to ``base_url``: None for the Hub token and a host that is not Hugging Face's
+    (logged); EndpointError for any token over plain http to another machine."""
+    if not token:
+        return None
+    parts = urlparse(base_url)
+    host = parts.hostname or base_url
+    if token.strip() in _hub_tokens() and not is_hf_host(base_url):
+        get_logger().warning(
+            "not sending the Hub token (HF_TOKEN) to %s: it goes only to Hugging Face hosts. If this endpoint "
+            "needs a token, put it in another environment variable and name it with generate.token_env", host)
+        return None
+    if parts.scheme != "https" and host not in _LOOPBACK:
+        raise EndpointError(
+            f"refusing to send a token to {host} over plain {parts.scheme or 'http'}: anyone on the way could read "
+            "it. Use the endpoint's https URL, or reach it through a tunnel to 127.0.0.1 (ssh -L)")
+    return token
 
 
 class EndpointError(TrainerError):
@@ -88,6 +148,10 @@ class ChatClient:
     ):
         if urlparse(base_url).hostname in _LOOPBACK:
             allow_loopback_when_offline()
+        if urlparse(base_url).username is not None or urlparse(base_url).password is not None:
+            raise EndpointError("the endpoint URL holds credentials (user:password@); remove them and pass the "
+                                "token in an environment variable named by generate.token_env")
+        register_secret(token)
         self.model = model
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -103,7 +167,12 @@ class ChatClient:
         from huggingface_hub import InferenceClient
 
         self.base_url = base_url.rstrip("/")
-        self._client = InferenceClient(base_url=self.base_url, token=self._token, timeout=self._timeout)
+        token = token_for(self.base_url, self._token)
+        # Given no token, huggingface_hub sends the one it finds (HF_TOKEN, the saved login) to any URL; a None
+        # header makes requests leave Authorization out.
+        headers = None if token else {"authorization": None}
+        self._client = InferenceClient(base_url=self.base_url, token=token, timeout=self._timeout,
+                                       headers=headers)  # type: ignore[arg-type]
 
     def _complete(self, messages, **params: Any) -> str:
         if not self.stream:

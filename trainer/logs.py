@@ -1,24 +1,84 @@
-"""Logging to the console and the run directory, with secrets redacted from every record."""
+"""Logging to the console and the run directory, with secrets redacted from every record.
+
+Redaction knows token shapes (Hugging Face, OpenAI/Anthropic ``sk-``, GitHub, Slack, AWS, JWTs),
+credentials in text (``Bearer x``, ``Authorization: ...``, URL userinfo ``scheme://user:pass@``, ``?api_key=...``), long
+random-looking strings (mixed case and digits, high entropy), the values of the Hub token variables and
+any value passed to :func:`register_secret` (e.g. an endpoint's token read from ``generate.token_env``).
+
+Example::
+
+    >>> redact("GET https://bob:s3cretpass@host/v1?api_key=abc12345 with Bearer tok3n-value")
+    'GET https://***@host/v1?api_key=*** with Bearer ***'
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 LOGGER_NAME = "trainer"
-_TOKEN_RE = re.compile(r"\b(hf_[A-Za-z0-9]{8,}|api_org_[A-Za-z0-9]{8,})\b")
-_SECRET_ENVS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN")
+HUB_TOKEN_ENVS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN")
+_TOKEN_RE = re.compile(
+    r"\b(?:hf_[A-Za-z0-9]{8,}|api_org_[A-Za-z0-9]{8,}"  # Hugging Face
+    r"|sk-[A-Za-z0-9_\-]{16,}"  # OpenAI, Anthropic (sk-ant-...), most OpenAI-compatible servers
+    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"  # GitHub
+    r"|xox[abposr]-[A-Za-z0-9\-]{10,}"  # Slack
+    r"|AKIA[0-9A-Z]{16}"  # AWS access key id
+    r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*)"  # JWT
+)
+_AUTH_RE = re.compile(r"\b(Bearer|[Aa]uthorization:\s*(?:[A-Za-z]+\s+)?)\s*[A-Za-z0-9._~+/=\-]{8,}")
+_USERINFO_RE = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.\-]*://)[^/\s@]+@")
+_QUERY_RE = re.compile(
+    r"([?&](?:access_token|api[_\-]?key|key|token|auth|password|secret|sig|signature|code)=)[^&#\s]+", re.IGNORECASE
+)
+_RUN_RE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]{24,}(?![A-Za-z0-9])")
+_registered: set[str] = set()
+
+
+def _looks_random(run: str) -> bool:
+    """A long run of letters and digits that reads like a generated key: mixed case, digits, high entropy
+    (hex digests are single-case, identifiers such as model names have low entropy for their length)."""
+    if not (any(c.islower() for c in run) and any(c.isupper() for c in run) and any(c.isdigit() for c in run)):
+        return False
+    counts = Counter(run)
+    entropy = -sum(n / len(run) * math.log2(n / len(run)) for n in counts.values())
+    return entropy >= 0.8 * math.log2(min(len(run), 62))
+
+
+def register_secret(value: str | None) -> None:
+    """Redact this value from every later record of this process (an endpoint's token, say)."""
+    if value and len(value) >= 8:
+        _registered.add(value)
+
+
+def known_secrets(extra: tuple[str, ...] = ()) -> list[str]:
+    """The secret values this process knows: ``extra``, the Hub token variables, registered ones (longest first)."""
+    values = {*extra, *(os.environ.get(n, "") for n in HUB_TOKEN_ENVS), *_registered}
+    return sorted((v for v in values if v and len(v) >= 8), key=len, reverse=True)
 
 
 def redact(text: str, extra_secrets: tuple[str, ...] = ()) -> str:
-    """Replace Hub tokens (by shape, and the values of the token variables) with '***'."""
+    """Replace secrets (known values, then token shapes, credentials and random-looking keys) with '***'."""
+    for secret in known_secrets(extra_secrets):
+        text = text.replace(secret, "***")
+    text = _USERINFO_RE.sub(r"\1***@", text)
+    text = _QUERY_RE.sub(r"\1***", text)
+    text = _AUTH_RE.sub(lambda m: f"{m.group(1).rstrip()} ***", text)
     text = _TOKEN_RE.sub("***", text)
-    for secret in extra_secrets + tuple(os.environ.get(n, "") for n in _SECRET_ENVS):
-        if secret and len(secret) >= 8:
-            text = text.replace(secret, "***")
-    return text
+    return _RUN_RE.sub(lambda m: "***" if _looks_random(m.group()) else m.group(), text)
+
+
+def looks_like_secret(text: str, *, heuristic: bool = True) -> bool:
+    """Whether ``text`` holds something :func:`redact` would hide; ``heuristic=False`` leaves out the
+    random-looking-string rule (for files where false alarms would block work, such as cards)."""
+    if not heuristic:
+        return any(s in text for s in known_secrets()) or any(
+            r.search(text) for r in (_USERINFO_RE, _QUERY_RE, _AUTH_RE, _TOKEN_RE))
+    return redact(text) != text
 
 
 class RedactingFilter(logging.Filter):

@@ -54,7 +54,7 @@ from trainer.errors import StageError
 from trainer.files import sha256_file, write_json_atomic
 from trainer.hub import OWNER_PLACEHOLDER, hub_token, repo_ids
 from trainer.leaderboard import default_results_dir
-from trainer.logs import redact
+from trainer.logs import known_secrets, looks_like_secret, redact
 from trainer.models import hub_reachable, is_offline, resolve_model
 from trainer.retry import RetryPolicy, http_status, is_retryable, retry_after
 from trainer.rundir import Input, Stage, StageContext
@@ -229,24 +229,41 @@ def _model_folder(model_dir: Path, onnx_dir: Path | None, dest: Path, card_fn: C
     return onnx_files
 
 
-def _contains(path: Path, secret: bytes) -> bool:
-    overlap = len(secret) - 1
+def _contains_any(path: Path, secrets: list[bytes]) -> bytes | None:
+    """The first of ``secrets`` found in the file (one read, whatever their number)."""
+    if not secrets:
+        return None
+    overlap = max(len(s) for s in secrets) - 1
     tail = b""
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
-            if secret in tail + block:
-                return True
-            tail = block[-overlap:] if overlap else b""
-    return False
+            window = tail + block
+            for secret in secrets:
+                if secret in window:
+                    return secret
+            tail = window[-overlap:] if overlap else b""
+    return None
 
 
-def _check_no_secret(folder: Path, token: str | None) -> None:
-    if not token:
-        return
+def _check_no_secret(folder: Path, token: str | None, cfg: Config | None = None) -> None:
+    """Refuse to publish a file holding the Hub token or another secret this process knows (the generate
+    endpoint's token, the Hub token variables), or a card (README.md) holding a credential's shape."""
+    named = {"the Hub token": token}
+    if cfg is not None and cfg.generate.token_env:
+        named[f"the value of ${cfg.generate.token_env}"] = os.environ.get(cfg.generate.token_env, "").strip()
+    secrets = {value: what for what, value in reversed(named.items()) if value and len(value) >= 8}
+    for value in known_secrets():
+        secrets.setdefault(value, "a token")
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if _contains(file, token.encode()):
-            raise StageError(f"refusing to publish: {file} contains the Hub token. Remove it from that file (or "
-                             "from whatever wrote it) and run the stage again; consider rotating the token.")
+        found = _contains_any(file, [v.encode() for v in secrets])
+        if found is not None:
+            raise StageError(f"refusing to publish: {file} contains {secrets[found.decode()]}. Remove it from that "
+                             "file (or from whatever wrote it) and run the stage again; consider rotating the token.")
+        if file.name == "README.md" and looks_like_secret(file.read_text(encoding="utf-8", errors="replace"),
+                                                         heuristic=False):
+            raise StageError(f"refusing to publish: {file} holds what looks like a credential (a token, "
+                             "'Bearer ...' or user:password@ in a URL). Remove it from the configuration that the "
+                             "card quotes (endpoints, sources) and run the stage again.")
 
 
 # ------------------------------------------------------------------------------------ hashing
@@ -486,7 +503,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     onnx_files = _model_folder(model_dir, onnx_dir, sdir / "model", card_fn)
     plans.append(_Plan("model", ids["model"], sdir / "model"))
     for plan in plans:
-        _check_no_secret(plan.folder, token)
+        _check_no_secret(plan.folder, token, cfg)
 
     # What was pushed by an earlier (interrupted) attempt of this stage.
     pushed_path = sdir / "pushed.json"

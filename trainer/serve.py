@@ -13,6 +13,13 @@ Bad requests get OpenAI's error shape with a 4xx status::
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": "input", "code": null}}
 
+Requests are cut into micro-batches (at most ``batch_size`` inputs, about ``MICRO_BATCH_TOKENS`` tokens)
+that one worker serves round-robin across the requests in flight, so a 2,048-input request delays a
+one-input request by at most one micro-batch per request ahead of it. Memory goes back to the OS:
+ONNX Runtime's arena after every run, and after a big request the freed heap (gc, then glibc's
+``malloc_trim``). Bodies nested deeper than ``MAX_JSON_DEPTH`` and text that is not valid
+Unicode (a lone surrogate such as ``"\\ud800"``) get a 400.
+
 Served from ``onnx/model.onnx`` (fp32) by default, or the int8 file (``int8=True``); bound to
 127.0.0.1 unless told otherwise. Set ``api_key`` (``--api-key-env NAME`` on the command line) before
 binding anywhere else.
@@ -29,24 +36,33 @@ Example::
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import concurrent.futures
 import contextlib
+import ctypes
+import gc
 import hmac
 import json
 import os
+import platform
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -61,6 +77,9 @@ from trainer.pipeline import output_path
 MAX_BATCH = 2048  # inputs per request (OpenAI's limit)
 MAX_INPUT_CHARS = 50_000  # per input; text past the model's token limit is truncated anyway
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MICRO_BATCH_TOKENS = 2048  # model work per turn (~8 inputs at 256 tokens): what a small request waits per request
+MAX_JSON_DEPTH = 16  # a request is 2 deep ({"input": [...]}); deeper bodies only cost parsing time
+TRIM_AFTER_BYTES = 1024 * 1024  # a request body this large hands its memory back to the OS when answered
 FP32_FILE = "onnx/model.onnx"
 
 
@@ -138,25 +157,169 @@ class Embedder:
         self.max_tokens = int(self.model.max_seq_length)
         self.lock = threading.Lock()
         self.normalized = any(type(m).__name__ == "Normalize" for m in self.model)
+        _shrink_arena_after_each_run(self.model)
 
     def count_tokens(self, texts: list[str]) -> int:
         ids = self.model.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
         return sum(len(x) for x in ids)
 
-    def embed(self, texts: list[str], dimensions: int | None = None) -> tuple[np.ndarray, int]:
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """Full-size embeddings of ``texts`` (float32) and their token count."""
         with self.lock:
             tokens = self.count_tokens(texts)
             emb = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
                                     show_progress_bar=False)
-        emb = np.asarray(emb, dtype=np.float32)
-        if dimensions is not None and dimensions < self.dim:
-            emb = emb[:, :dimensions]
-            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        return emb.astype(np.float32), tokens
+        return np.asarray(emb, dtype=np.float32), tokens
+
+    def embed(self, texts: list[str], dimensions: int | None = None) -> tuple[np.ndarray, int]:
+        emb, tokens = self.encode(texts)
+        return truncate(emb, dimensions, self.dim), tokens
+
+
+class _ShrinkingSession:
+    """An ONNX Runtime session whose every run hands its CPU arena back: without it the arena keeps the
+    largest batch's activations for good (+500 MB after 32 inputs of 256 tokens with all-MiniLM-L6-v2)."""
+
+    def __init__(self, session: Any):
+        import onnxruntime
+
+        self._session = session
+        self._options = onnxruntime.RunOptions()
+        self._options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
+        return self._session.run(output_names, input_feed, run_options or self._options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def _shrink_arena_after_each_run(model: Any) -> None:
+    ort_model = getattr(model[0], "auto_model", None)  # optimum's ORTModel behind sentence-transformers
+    session = getattr(ort_model, "session", None)
+    if session is not None and hasattr(session, "run") and not isinstance(session, _ShrinkingSession):
+        ort_model.session = _ShrinkingSession(session)
+
+
+def truncate(emb: np.ndarray, dimensions: int | None, dim: int) -> np.ndarray:
+    """Matryoshka: the first ``dimensions`` values, renormalized."""
+    if dimensions is not None and dimensions < dim:
+        emb = emb[:, :dimensions]
+        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return emb.astype(np.float32)
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the OS: glibc keeps the heap pages of a big request's body, texts and
+    vectors after they are freed unless asked to trim."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request's inputs, longest first (less padding per micro-batch), and what is done of them."""
+
+    texts: list[str]
+    order: list[int]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    done: int = 0
+    tokens: int = 0
+    parts: list[np.ndarray] = field(default_factory=list)
+
+
+class FairScheduler:
+    """One worker thread runs the model; each request is cut into micro-batches (at most ``batch_size``
+    inputs and about ``token_budget`` tokens of padded work) served round-robin across the requests
+    waiting, so a small request waits one micro-batch per request ahead of it, never a big one's end."""
+
+    def __init__(self, embedder: Embedder, batch_size: int, token_budget: int = MICRO_BATCH_TOKENS):
+        self.embedder, self.batch_size, self.token_budget = embedder, max(1, batch_size), token_budget
+        self._jobs: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="embedder", daemon=True)
+        self._thread.start()
+
+    def submit(self, texts: list[str]) -> concurrent.futures.Future:
+        """A future of (embeddings in input order, token count); cancelling it drops the rest of the work."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        job = _Job(texts, order)
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify()
+        return job.future
+
+    def _take(self, job: _Job) -> int:
+        """How many of the job's next inputs make a micro-batch: the longest comes first and sets the padding
+        (about 4 characters a token, capped at the model's limit)."""
+        longest = min(self.embedder.max_tokens, len(job.texts[job.order[job.done]]) // 4 + 2)
+        return max(1, min(self.batch_size, self.token_budget // longest))
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+                job = self._jobs.popleft()
+            if job.future.cancelled():  # the client went away
+                continue
+            batch = [job.texts[i] for i in job.order[job.done:job.done + self._take(job)]]
+            try:
+                emb, tokens = self.embedder.encode(batch)
+            except Exception as exc:  # noqa: BLE001 - the worker lives on; the request gets a 500
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    job.future.set_exception(exc)
+                continue
+            job.parts.append(emb)
+            job.done += len(batch)
+            job.tokens += tokens
+            if job.done < len(job.texts):
+                with self._cond:
+                    self._jobs.append(job)  # back of the line: every other request gets a turn first
+                continue
+            out = np.empty((len(job.texts), emb.shape[1]), dtype=np.float32)
+            out[job.order] = np.concatenate(job.parts)
+            job.parts.clear()
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                job.future.set_result((out, job.tokens))
 
 
 # ---------------------------------------------------------------------------------------------------
 # Request validation
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def json_depth(raw: bytes, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deep the arrays and objects of the JSON text ``raw`` nest (brackets inside strings do not count);
+    any value up to ``limit`` when fewer brackets than that are in the text at all (the common case, free)."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return min(limit, raw.count(b"[") + raw.count(b"{"))
+    chars = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    steps = np.isin(chars, (ord("["), ord("{"))).astype(np.int32) - np.isin(chars, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """Where ``text`` holds a lone surrogate (not Unicode text: it cannot be encoded), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def parse_request(body: Any, *, dim: int, max_batch: int = MAX_BATCH,
@@ -192,6 +355,11 @@ def parse_request(body: Any, *, dim: int, max_batch: int = MAX_BATCH,
                            "input")
         if len(text) > max_input_chars:
             raise ApiError(400, f"{where} has {len(text)} characters; the limit is {max_input_chars}", "input")
+        at = _lone_surrogate(text)
+        if at is not None:
+            raise ApiError(400, f"{where} is not valid Unicode: a lone surrogate (U+{ord(text[at]):04X}) at "
+                           f"character {at}. Send UTF-8 text; a \\u escape of a surrogate must come in a "
+                           "high+low pair", "input", "invalid_unicode")
 
     dims = body.get("dimensions")
     if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= dim):
@@ -203,8 +371,8 @@ def parse_request(body: Any, *, dim: int, max_batch: int = MAX_BATCH,
     if fmt not in ("float", "base64"):
         raise ApiError(400, f"'encoding_format' must be 'float' or 'base64', got {fmt!r}", "encoding_format")
     model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ApiError(400, "'model' must be a string", "model")
+    if model is not None and (not isinstance(model, str) or _lone_surrogate(model) is not None):
+        raise ApiError(400, "'model' must be a string of valid Unicode", "model")
     return texts, dims, fmt, model
 
 
@@ -244,6 +412,7 @@ def build_app(
     precision = "int8" if "int8" in embedder.file_name else "fp32"
     app = FastAPI(title="domain-embed embeddings", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.embedder = embedder
+    app.state.scheduler = scheduler = FairScheduler(embedder, batch_size)
     log = get_logger()
 
     @app.exception_handler(ApiError)
@@ -289,23 +458,37 @@ def build_app(
         return b"".join(chunks)
 
     @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> JSONResponse:
+    async def embeddings(request: Request) -> Response:
         _authorize(request)
         raw = await _read_body(request)
+        depth = json_depth(raw)
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(400, f"the request body nests arrays/objects {depth} levels deep; the limit is "
+                           f"{MAX_JSON_DEPTH} (an embeddings request needs 2)")
         try:
             body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except UnicodeDecodeError:
+            raise ApiError(400, "the request body is not valid UTF-8") from None
+        except (json.JSONDecodeError, RecursionError):
             raise ApiError(400, "the request body is not valid JSON") from None
         texts, dims, fmt, model = parse_request(body, dim=embedder.dim, max_batch=max_batch,
                                                 max_input_chars=max_input_chars)
         if model is not None and model != name:
             raise ApiError(404, f"the model {model!r} does not exist; this server serves {name!r}", "model",
                            "model_not_found")
-        emb, tokens = await run_in_threadpool(embedder.embed, texts, dims)
+        big = len(raw) >= TRIM_AFTER_BYTES
+        del raw, body  # not kept alive while the request waits its turns
+        emb, tokens = await asyncio.wrap_future(scheduler.submit(texts))
+        content = await run_in_threadpool(_render, truncate(emb, dims, embedder.dim), fmt, tokens)
+        return Response(content, media_type="application/json",
+                        background=BackgroundTask(release_memory) if big else None)
+
+    def _render(emb: np.ndarray, fmt: str, tokens: int) -> bytes:
         data = [{"object": "embedding", "index": i,
                  "embedding": encode_base64(v) if fmt == "base64" else v.tolist()} for i, v in enumerate(emb)]
-        return JSONResponse({"object": "list", "data": data, "model": name,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return json.dumps({"object": "list", "data": data, "model": name,
+                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                          ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
