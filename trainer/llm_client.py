@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,8 +30,8 @@ import requests
 
 from trainer.errors import TrainerError
 from trainer.logs import HUB_TOKEN_ENVS, get_logger, redact, register_secret
+from trainer.retry import RetryPolicy, is_retryable_status
 
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 HF_DOMAINS = ("huggingface.co", "hf.space", "endpoints.huggingface.cloud")  # the hosts and their subdomains
 
@@ -154,8 +153,7 @@ class ChatClient:
         register_secret(token)
         self.model = model
         self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.retry = RetryPolicy(max_retries, backoff_s, max_backoff_s)
         self.on_connection_error = on_connection_error
         self._token, self._timeout = token or None, timeout
         self._connect(base_url)
@@ -190,15 +188,6 @@ class ChatClient:
         if not chunks:  # huggingface_hub skips lines without "data:": a reply that is no stream at all
             raise _NotACompletion("a reply with no 'data:' line, asked to stream")
         return "".join(parts)
-
-    def _wait(self, attempt: int, retry_after: str | None) -> None:
-        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.75 + 0.5 * random.random())
-        if retry_after:
-            try:
-                delay = max(delay, min(float(retry_after), self.max_backoff_s))
-            except ValueError:
-                pass
-        time.sleep(delay)
 
     def chat(
         self,
@@ -240,7 +229,7 @@ class ChatClient:
                         "put a valid token with access to this endpoint in the "
                         "environment variable named by generate.token_env (default HF_TOKEN)", exhausted=True,
                     ) from None
-                if status not in RETRY_STATUS:
+                if status is None or not is_retryable_status(status):
                     self.stats["errors"] += 1
                     raise EndpointError(f"{self.base_url} refused the request ({last})") from None
                 retry_after = exc.response.headers.get("Retry-After") if exc.response is not None else None
@@ -261,7 +250,7 @@ class ChatClient:
             if attempt < self.max_retries:
                 self.stats["retries"] += 1
                 log.debug("endpoint retry %d/%d after %s", attempt + 1, self.max_retries, last)
-                self._wait(attempt, retry_after)
+                time.sleep(self.retry.delay(attempt, retry_after))
         self.stats["errors"] += 1
         raise EndpointError(f"{self.base_url} failed after {self.max_retries + 1} attempts ({last})",
                             exhausted=True)

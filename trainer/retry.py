@@ -1,8 +1,9 @@
 """One retry policy for every outside call (the LLM endpoint, the Hub): what is worth retrying, and how
 long to wait before the next attempt.
 
-Retried: HTTP 408, 409, 412, 425, 429 and 5xx, timeouts and connection errors. Not retried: other 4xx
-(a bad request or a refused token does not get better by asking again). The wait doubles from
+Retried: HTTP 408, 409, 412, 425, 429 and 5xx (but 501 and 505), timeouts and connection errors. Not
+retried: other 4xx and 501/505 (a bad request, a refused token or a missing route does not get better
+by asking again). The wait doubles from
 ``backoff_s`` up to ``max_backoff_s``, with +/-25% jitter so parallel workers do not retry in step, and
 never less than a server's ``Retry-After`` (capped at ``max_backoff_s``).
 
@@ -13,8 +14,8 @@ Example::
     [1.0, 2.0, 4.0, 8.0, 8.0]
     >>> policy.delay(0, retry_after="5")
     5.0
-    >>> is_retryable_status(503), is_retryable_status(404)
-    (True, False)
+    >>> is_retryable_status(503), is_retryable_status(404), is_retryable_status(501)
+    (True, False, False)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 RETRY_STATUSES = frozenset({408, 409, 412, 425, 429})
+NEVER_RETRIED_5XX = frozenset({501, 505})
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class RetryPolicy:
 
 
 def is_retryable_status(status: int) -> bool:
-    return status in RETRY_STATUSES or status >= 500
+    return status in RETRY_STATUSES or (500 <= status < 600 and status not in NEVER_RETRIED_5XX)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
