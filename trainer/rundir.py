@@ -249,9 +249,14 @@ class RunDir:
             shutil.copy2(path, hist / f"config-{stamp}-{hashlib.sha256(old.encode()).hexdigest()[:8]}.yaml")
         write_text_atomic(path, text)
 
+    @property
+    def archive_dir(self) -> Path:
+        """Where earlier outputs (and damaged checkpoints) are moved: never deleted."""
+        return self.root / "archive"
+
     def archive(self, name: str, key: str | None) -> Path:
         src = self.stage_dir(name)
-        dest = self.root / "archive" / f"{name}-{(key or 'unknown')[:10]}-{time.strftime('%Y%m%d-%H%M%S')}"
+        dest = self.archive_dir / f"{name}-{(key or 'unknown')[:10]}-{time.strftime('%Y%m%d-%H%M%S')}"
         n = 1
         while dest.exists():
             dest = dest.with_name(f"{dest.name}.{n}")

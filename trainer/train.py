@@ -57,7 +57,7 @@ from trainer.files import atomic_dir, free_port, write_json_atomic
 from trainer.hub import checkpoint_hub_kwargs, hub_token_env
 from trainer.logs import get_logger, redact
 from trainer.models import model_max_length, resolve_model
-from trainer.rundir import WORK, Input, Stage, StageContext
+from trainer.rundir import Input, Stage, StageContext
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_SET_ROWS = 2_000  # below this the automatic batch is rows/32 clamped to 16-64 (recipe)
@@ -213,10 +213,11 @@ def build_loss(model, cfg_train, world_size: int = 1):
 # ---------------------------------------------------------------------------------------- checkpoints
 
 
-def last_checkpoint(folder: Path, log: logging.Logger | None = None) -> Path | None:
+def last_checkpoint(folder: Path, log: logging.Logger | None = None, archive: Path | None = None) -> Path | None:
     """The newest checkpoint to resume from: complete (trainer_state.json is written last; half-written ones
-    are removed) and readable. A damaged one (a truncated weights file: full disk, bad copy) is moved aside,
-    never deleted, and the one before it is used, or training starts over; one log line says so."""
+    are removed) and readable. A damaged one (a truncated weights file: full disk, bad copy) is moved to
+    ``archive`` (default: ``damaged-checkpoints/`` beside ``folder``), never deleted, and the one before it is
+    used, or training starts over; one log line says so."""
     if not folder.is_dir():
         return None
     found = sorted(
@@ -233,7 +234,8 @@ def last_checkpoint(folder: Path, log: logging.Logger | None = None) -> Path | N
         if why is None:
             resume = ckpt
             break
-        moved.append(f"{ckpt.name} ({why}) moved to {_move_aside(ckpt)}")
+        dest = _move_aside(ckpt, archive or folder.parent / "damaged-checkpoints")
+        moved.append(f"{ckpt.name} ({why}) moved to {dest}")
     if moved:
         (log or get_logger()).warning("train: damaged checkpoint %s; %s", "; ".join(moved),
                                       f"resuming from {resume.name}" if resume else "starting over")
@@ -260,18 +262,14 @@ def checkpoint_damage(ckpt: Path) -> str | None:
     return None
 
 
-def _move_aside(ckpt: Path) -> Path:
-    """Move a damaged checkpoint to <run>/archive/ (kept after the stage ends, unlike _work/), or next to its
-    folder outside a run directory. Another rank of a multi-process run may have moved it already."""
-    parts = ckpt.parents
-    in_run = len(parts) > 5 and parts[2].name == WORK and parts[4].name == "stages"
-    base = parts[5] / "archive" if in_run else parts[1] / "damaged-checkpoints"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"{parts[3].name if in_run else 'train'}-{parts[1].name}-{ckpt.name}-damaged-{stamp}"
-    dest, n = base / name, 1
+def _move_aside(ckpt: Path, archive: Path) -> Path:
+    """Move a damaged checkpoint into ``archive`` (the run's archive/ is kept after the stage ends, unlike
+    _work/). Another rank of a multi-process run may have moved it already."""
+    name = f"train-{ckpt.parent.parent.name}-{ckpt.name}-damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest, n = archive / name, 1
     while dest.exists():
-        dest, n = base / f"{name}.{n}", n + 1
-    base.mkdir(parents=True, exist_ok=True)
+        dest, n = archive / f"{name}.{n}", n + 1
+    archive.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(ckpt, dest)
     except FileNotFoundError:
@@ -334,10 +332,12 @@ def fit(
     *,
     report=None,
     log=None,
+    archive: Path | None = None,
 ) -> dict[str, Any]:
     """Train once at ``lr`` into ``out`` (checkpoints in out/checkpoints, the model in out/final).
 
-    Resumes from the last complete checkpoint. Returns (and writes to out/result.json) the counts.
+    Resumes from the last complete checkpoint (a damaged one is moved to ``archive``). Returns (and writes to
+    out/result.json) the counts.
     """
     import torch
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
@@ -434,7 +434,7 @@ def fit(
     callbacks = [faults, meter]
     if validate and t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    resume = last_checkpoint(ckpt_dir, log)
+    resume = last_checkpoint(ckpt_dir, log, archive)
     if resume is not None:
         log.info("train: resuming from %s", resume)
     with hub_token_env(cfg):  # the checkpoint pushes (and the repo creation) read the token from HF_TOKEN
@@ -543,6 +543,7 @@ def _fit_in_workers(ctx: StageContext, train_path: Path, val: dict | None, out: 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(job, {
         "config": ctx.cfg.model_dump(mode="json"), "train": str(train_path), "val": val, "out": str(out), "lr": lr,
+        "archive": str(ctx.run_dir.archive_dir),
     })
     cmd = launch_command(ctx.cfg, job)
     ctx.log.info("train: launching %d workers: %s", ctx.cfg.train.num_processes, " ".join(cmd))
@@ -564,7 +565,8 @@ def _worker_main(job_path: str) -> None:
 
     job = json.loads(Path(job_path).read_text())
     cfg = Config.model_validate(job["config"])
-    fit(cfg, datasets.load_from_disk(job["train"]), job["val"], Path(job["out"]), job["lr"])
+    fit(cfg, datasets.load_from_disk(job["train"]), job["val"], Path(job["out"]), job["lr"],
+        archive=Path(job["archive"]) if job.get("archive") else None)
 
 
 # ---------------------------------------------------------------------------------------------- stage
@@ -617,7 +619,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if t.num_processes > 1:
             results.append(_fit_in_workers(ctx, train_path, val, out, lr))
         else:
-            results.append(fit(cfg, train_rows, val, out, lr, report=ctx.report, log=ctx.log))
+            results.append(fit(cfg, train_rows, val, out, lr, report=ctx.report, log=ctx.log,
+                               archive=ctx.run_dir.archive_dir))
     best_i = max(range(len(results)), key=lambda j: results[j]["best_val_ndcg@10"] or -1.0) if t.lr_sweep else 0
     best = results[best_i]
     src_dir = work / (f"lr-{lrs[best_i]:g}" if t.lr_sweep else "run") / "final"
