@@ -186,7 +186,7 @@ def build_loss(model, cfg_train, world_size: int = 1):
         MultipleNegativesRankingLoss,
     )
 
-    from trainer.losses import CachedHardNegativesOnlyLoss, HardNegativesOnlyLoss
+    from trainer.losses import CachedHardNegativesOnlyLoss, HardNegativesOnlyLoss  # imports sentence-transformers
 
     dim = model.get_embedding_dimension()
     dims = list(cfg_train.matryoshka_dims)
