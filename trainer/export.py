@@ -26,7 +26,8 @@ Checks (``export.on_parity_failure``: fail the stage, or record and warn):
 3. speed (``export.select=fastest``): PyTorch and each exported file encode the first
    ``export.speed_passages`` parity passages ``export.speed_repeats`` times, interleaved; the median gives
    sentences/s. The fastest that passed 1./2. is served; a file merely as fast as PyTorch does not replace it.
-   An int8 file whose retrieval check was skipped is not eligible (it was never judged).
+   An int8 file whose retrieval check was skipped is not eligible (it was never judged). PyTorch bf16,
+   static int8 and OpenVINO are measured by ``benchmarks/export_bench.py`` only (see BENCHMARKS.md).
 
 Finished exports are kept in ``_work/`` so a crash in the (slow) checks does not export again.
 
