@@ -196,8 +196,21 @@ def _prompt_kw(facts: ModelFacts, names: tuple[str, ...], prompt: str) -> str:
     return f", prompt={prompt!r}" if prompt else ""
 
 
+def _serving_note(serving: Mapping[str, Any]) -> list[str]:
+    """What the export stage measured on its CPU and chose to serve (its serving.json), as card lines."""
+    speeds = serving.get("sentences_per_s") or {}
+    if not speeds:
+        return [f"The export stage serves `{serving.get('file')}` by default ({serving.get('why', '')})."]
+    measured = ", ".join(f"{name} {sps}" for name, sps in speeds.items())
+    served = serving.get("file") if serving.get("backend") == "onnx" else "the PyTorch model"
+    return [f"Encode speed measured by the export stage on {serving.get('cpu', 'its CPU')} (sentences/s): "
+            f"{measured}. There `trainer.serve` serves {served} by default: {serving.get('why', '')}. "
+            "Speeds depend on the CPU (int8 gains most with AVX512-VNNI): on another machine, time them again "
+            "(`benchmarks/export_bench.py`) and pick one with `--file` or `--int8`."]
+
+
 def _usage(repo_id: str, facts: ModelFacts, onnx_files: Sequence[str], dims: Sequence[int],
-           prompts: tuple[str, str] = ("", "")) -> str:
+           prompts: tuple[str, str] = ("", ""), serving: Mapping[str, Any] | None = None) -> str:
     """Our subsections of the usage section (sentence-transformers' own snippet comes first)."""
     q_kw = _prompt_kw(facts, ("query",), prompts[0])
     d_kw = _prompt_kw(facts, ("document", "passage", "corpus"), prompts[1])
@@ -220,6 +233,8 @@ def _usage(repo_id: str, facts: ModelFacts, onnx_files: Sequence[str], dims: Seq
                   "", "```python", "from sentence_transformers import SentenceTransformer", "",
                   f'model = SentenceTransformer("{repo_id}", backend="onnx", model_kwargs={{"file_name": "{main}"}})',
                   'embeddings = model.encode(["A passage of the corpus."])', "```"]
+        if serving:
+            parts += ["", *_serving_note(serving)]
     payload = f'{{"model": "{repo_id}", "input": ["A passage of the corpus."]}}'
     parts += ["", "### OpenAI-compatible embeddings API (`POST /v1/embeddings`)", ""]
     if onnx_files:
@@ -350,9 +365,11 @@ def model_card(
     onnx_files: Sequence[str] = (),
     versions: Mapping[str, str] | None = None,
     license_id: str | None = None,
+    serving: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """The model card: ``st_card`` (the README.md sentence-transformers wrote for this model) with our metadata
-    merged into its own and our sections added to its. ``datasets``: kind ('queries', 'training_set') -> repo id."""
+    merged into its own and our sections added to its. ``datasets``: kind ('queries', 'training_set') -> repo id.
+    ``serving``: the export stage's serving.json (the candidates' speeds on its CPU and the one it serves)."""
     counts = dict(train_counts or {})
     datasets = dict(datasets or {})
     status, regressed = verdict(report)
@@ -421,7 +438,7 @@ vector space for semantic search and retrieval.
     if facts.n_parameters:
         bullets.append(f"- **Parameters:** {facts.n_parameters / 1e6:.1f}M")
     training_data = f"### Training data\n{datasets_md}\n- source corpus: `{cfg.ingest.source}`\n"
-    usage = _usage(repo_id, facts, onnx_files, dims, (cfg.model.query_prompt, cfg.model.passage_prompt))
+    usage = _usage(repo_id, facts, onnx_files, dims, (cfg.model.query_prompt, cfg.model.passage_prompt), serving)
     evaluation = _eval_section(report, status, regressed)
     contamination = _contamination_section(report, cfg) + "\n"
     recipe = (f"### Training recipe (domain-embed)\n{_hyperparameters(cfg, counts)}\n"

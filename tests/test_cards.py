@@ -92,6 +92,18 @@ def trained_and_published(tmp_path_factory):
     return run_dir, ModelCard((run_dir / "stages/publish/model/README.md").read_text(encoding="utf-8"))
 
 
+
+def test_model_card_says_what_the_export_stage_measured_and_serves(tmp_path, st_card):
+    serving = {"backend": "onnx", "file": "onnx/model_qint8_avx512_vnni.onnx", "cpu": "Intel Xeon @ 2.80GHz",
+               "sentences_per_s": {"pytorch": 33.4, "fp32": 27.5, "int8": 41.7},
+               "why": "int8 (onnx/model_qint8_avx512_vnni.onnx): fastest that passed parity"}
+    text = ModelCard(str(_card(tmp_path, st_card, REPORT_IMPROVED, serving=serving))).text
+    assert ("measured by the export stage on Intel Xeon @ 2.80GHz (sentences/s): pytorch 33.4, fp32 27.5, "
+            "int8 41.7. There `trainer.serve` serves onnx/model_qint8_avx512_vnni.onnx by default") in text
+    torch_fastest = {**serving, "backend": "pytorch", "sentences_per_s": {"pytorch": 50.0, "fp32": 40.0}}
+    assert "serves the PyTorch model by default" in ModelCard(str(_card(tmp_path, st_card, REPORT_IMPROVED,
+                                                                        serving=torch_fastest))).text
+
 def test_card_of_a_trained_model_keeps_sentence_transformers_sections_and_adds_ours(trained_and_published):
     run_dir, card = trained_and_published
     text = card.text

@@ -18,7 +18,11 @@ from trainer.config import load_config
 from trainer.errors import InputError, StageError
 from trainer.export import (
     FP32_FILE,
+    PYTORCH,
+    SERVING_FILE,
     STAGE,
+    Candidate,
+    choose_backend,
     cosines,
     int8_file_name,
     load_onnx,
@@ -78,7 +82,8 @@ def exported(tmp_path_factory):
     retrieval = ("export.retrieval_check=data:aila_statutes" if (data_dir() / "aila_statutes").is_dir()
                  else "export.retrieval_check=off")
     cfg = make_cfg(root / "run", "export.parity_passages=200", retrieval, "export.retrieval_max_queries=10",
-                   "export.retrieval_max_corpus=20", "export.max_ndcg_drop=5")
+                   "export.retrieval_max_corpus=20", "export.max_ndcg_drop=5", "export.speed_passages=32",
+                   "export.speed_repeats=1")
     outcome = run_export(cfg)
     return cfg, outcome
 
@@ -100,6 +105,70 @@ def test_export_writes_a_sentence_transformers_folder_with_fp32_and_int8(exporte
     has_vnni = "avx512_vnni" in export.cpu_flags()
     assert m["counts"]["int8_config"] == "avx512_vnni" if has_vnni else m["counts"]["int8_config"] in {"avx2", "arm64"}
     assert m["counts"]["cpu_avx512_vnni"] == ("avx512_vnni" in export.cpu_flags())
+
+
+def test_the_fastest_passing_candidate_is_recorded_and_served(exported):
+    from trainer.serve import pick_onnx_file
+
+    cfg, outcome = exported
+    serving = outcome.manifest["counts"]["serving"]
+    out = Path(cfg.run.dir) / "stages" / "export" / "onnx"
+    assert json.loads((out / SERVING_FILE).read_text())["why"] == serving["why"]
+    speeds = serving["sentences_per_s"]
+    assert set(speeds) == {PYTORCH, "fp32", "int8"} and min(speeds.values()) > 0
+    assert serving["cpu"] == export.cpu_name() and serving["speed_passages"] == 32
+    # the recorded choice is the rule applied to the recorded speeds
+    int8_ok = not outcome.manifest["counts"]["retrieval_check"].startswith("skipped")
+    best, _ = choose_backend([Candidate(PYTORCH, None, speeds[PYTORCH]), Candidate("fp32", FP32_FILE, speeds["fp32"]),
+                              Candidate("int8", "x", speeds["int8"], int8_ok)])
+    assert serving["backend"] == ("onnx" if best.file else PYTORCH)
+    assert pick_onnx_file(out) == (serving["file"] if best.file else PYTORCH)
+    assert pick_onnx_file(out, int8=True).endswith(f"_{pick_int8_config()}.onnx")  # explicit choices still win
+    assert pick_onnx_file(out, file_name=FP32_FILE) == FP32_FILE
+
+
+def test_choose_backend_keeps_the_fastest_that_passed_parity():
+    # the Intel Xeon numbers: int8 fastest, ONNX fp32 slower than PyTorch
+    candidates = [Candidate(PYTORCH, None, 33.4), Candidate("fp32", FP32_FILE, 27.5),
+                  Candidate("int8", "onnx/model_qint8_avx512_vnni.onnx", 41.7)]
+    best, why = choose_backend(candidates)
+    assert best.name == "int8" and "41.7 sentences/s = 1.25x PyTorch" in why
+
+
+def test_choose_backend_never_picks_a_candidate_that_failed_parity():
+    candidates = [Candidate(PYTORCH, None, 33.4), Candidate("fp32", FP32_FILE, 36.0),
+                  Candidate("int8", "onnx/int8.onnx", 90.0, False, "nDCG@10 drop 1.20 > 0.5 points")]
+    best, why = choose_backend(candidates)
+    assert best.name == "fp32"
+    assert "not eligible: int8 (nDCG@10 drop 1.20 > 0.5 points)" in why
+
+
+def test_choose_backend_falls_back_to_pytorch_when_nothing_is_faster():
+    candidates = [Candidate(PYTORCH, None, 33.4), Candidate("fp32", FP32_FILE, 33.4),  # a tie keeps PyTorch
+                  Candidate("int8", "onnx/int8.onnx", 50.0, False, "retrieval check skipped, so not judged")]
+    best, why = choose_backend(candidates)
+    assert best.name == PYTORCH and best.file is None
+    assert "no exported file passing parity was faster than PyTorch's 33.4 sentences/s" in why
+    with pytest.raises(ValueError, match="PyTorch reference"):
+        choose_backend(candidates[1:])
+
+
+def test_pytorch_fastest_is_recorded_and_served(tmp_path, monkeypatch):
+    from trainer.serve import Embedder, pick_onnx_file
+
+    cfg = make_cfg(tmp_path / "run", "export.parity_passages=12", "export.int8=false")
+    # a CPU where ONNX Runtime is slower than PyTorch
+    monkeypatch.setattr(export, "time_encodes", lambda models, *a, **k: {n: 50.0 if n == PYTORCH else 40.0
+                                                                          for n in models})
+    serving = run_export(cfg).manifest["counts"]["serving"]
+    assert serving["backend"] == PYTORCH and serving["sentences_per_s"] == {PYTORCH: 50.0, "fp32": 40.0}
+    assert "faster than PyTorch's 50.0" in serving["why"]
+    out = Path(cfg.run.dir) / "stages" / "export" / "onnx"
+    assert pick_onnx_file(out) == PYTORCH
+    embedder = Embedder(out, PYTORCH)
+    assert type(embedder.model[0].auto_model).__module__.startswith("transformers")  # PyTorch, not ONNX Runtime
+    got, _ = embedder.encode(SENTENCES)
+    assert cosines(got, load_onnx(out).encode(SENTENCES)).min() >= 0.999
 
 
 def test_fp32_parity_on_200_real_passages(exported):
@@ -180,6 +249,9 @@ def test_warn_mode_records_the_failure(tmp_path, monkeypatch):
     counts = run_export(cfg).manifest["counts"]
     assert counts["parity_ok"] is False
     assert "does not reproduce PyTorch" in counts["warnings"][0]
+    # a file that failed parity is never served, however fast
+    assert counts["serving"]["backend"] == PYTORCH
+    assert "not eligible: fp32 (min cosine" in counts["serving"]["why"]
 
 
 def test_missing_trained_model_is_actionable(tmp_path):

@@ -85,7 +85,9 @@ def test_push_then_repush_creates_no_new_commit(hub, tmp_path):
     assert hub.file_bytes(MODEL, "model.safetensors") == (local / "model.safetensors").read_bytes()
     assert {"onnx/model.onnx", "onnx/model_qint8_avx512.onnx", "1_Pooling/config.json", "README.md"} <= set(model)
     assert "training_args.json" not in model and not any(p.startswith("onnx/onnx") for p in model)
+    assert "serving.json" not in model  # the export machine's choice: the card reports it instead
     card = ModelCard(hub.file_bytes(MODEL, "README.md").decode())
+    assert "on Test CPU (sentences/s): pytorch 20.0, fp32 25.0, int8 40.0" in card.text
     assert card.data.datasets == [TRAINING, QUERIES] and card.data.eval_results
     assert f'SentenceTransformer("{MODEL}")' in card.text
     # sentence-transformers' card (written next to the weights by its trainer) with ours merged in

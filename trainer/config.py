@@ -373,6 +373,14 @@ class ExportConfig(_Section):
         "logged (warn)."
     )
     batch_size: int = Field(32, ge=1, description="Encoding batch size of the parity checks.")
+    select: Literal["fastest", "fp32"] = Field(
+        "fastest", description="What `trainer.serve` loads by default (the exported folder's serving.json): "
+        "fastest: time PyTorch and each exported file on this CPU and keep the fastest that passed parity "
+        "(PyTorch when none is faster); fp32: onnx/model.onnx without timing."
+    )
+    speed_passages: int = Field(200, ge=1, description="Parity passages encoded to time each candidate "
+                                "(export.select=fastest).")
+    speed_repeats: int = Field(3, ge=1, description="Timed encodes per candidate, interleaved; the median counts.")
 
 
 class PublishConfig(_Section):

@@ -9,7 +9,10 @@ Outputs in ``<run>/stages/export/``:
 
       SentenceTransformer(path, backend="onnx", model_kwargs={"file_name": "onnx/model.onnx"})
 
-- ``parity.json``: what was compared and the numbers (also in the manifest's counts).
+- ``onnx/serving.json``: what ``trainer.serve`` loads by default and why: the fastest of PyTorch and the
+  exported files that passed parity, timed on this CPU (``export.select``). When PyTorch was fastest it
+  says so (``"backend": "pytorch"``) and the server runs the trained PyTorch model instead of ONNX.
+- ``parity.json``: what was compared and the numbers (also in the manifest's counts, with ``serving``).
 
 Checks (``export.on_parity_failure``: fail the stage, or record and warn):
 
@@ -19,6 +22,12 @@ Checks (``export.on_parity_failure``: fail the stage, or record and warn):
 2. int8: no int8 file reaches 0.999 cosine (dynamic quantization moves every vector a little), so it
    is judged by retrieval instead: nDCG@10 on a BEIR task within ``export.max_ndcg_drop`` points of
    PyTorch's. Its cosine is recorded too, for information.
+
+3. speed (``export.select=fastest``): PyTorch and each exported file encode the first
+   ``export.speed_passages`` parity passages ``export.speed_repeats`` times, interleaved; the median gives
+   sentences/s. The fastest that passed 1./2. is served; a file merely as fast as PyTorch does not replace it.
+   An int8 file whose retrieval check was skipped is not eligible (it was never judged). PyTorch bf16,
+   static int8 and OpenVINO are measured by ``benchmarks/export_bench.py`` only (see BENCHMARKS.md).
 
 Finished exports are kept in ``_work/`` so a crash in the (slow) checks does not export again.
 
@@ -40,8 +49,10 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +71,8 @@ from trainer.rundir import Input, Stage, StageContext
 
 FP32_FILE = "onnx/model.onnx"
 INT8_CONFIGS = ("avx512_vnni", "avx512", "avx2", "arm64")
+SERVING_FILE = "serving.json"  # in the exported folder: what the export stage chose to serve on this CPU
+PYTORCH = "pytorch"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -116,6 +129,54 @@ def _quiet_backend() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Choosing what to serve
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to serve the model, as measured on this CPU."""
+
+    name: str  # PYTORCH, "fp32", "optimized", "int8"
+    file: str | None  # its ONNX file in the exported folder; None for PyTorch
+    sentences_per_s: float
+    passed: bool = True  # its parity check (PyTorch is the reference: always True)
+    note: str = ""  # why it failed, when it did
+
+
+def choose_backend(candidates: Sequence[Candidate]) -> tuple[Candidate, str]:
+    """The fastest candidate that passed parity, and why. Only a candidate strictly faster than PyTorch beats
+    it, so PyTorch is the answer when no exported file is faster on this CPU."""
+    best = next((c for c in candidates if c.name == PYTORCH), None)
+    if best is None:
+        raise ValueError("choose_backend needs the PyTorch reference among the candidates")
+    for c in candidates:
+        if c.passed and c.sentences_per_s > best.sentences_per_s:
+            best = c
+    torch_sps = best.sentences_per_s if best.name == PYTORCH else next(
+        c.sentences_per_s for c in candidates if c.name == PYTORCH)
+    failed = [f"{c.name} ({c.note or 'failed parity'})" for c in candidates if not c.passed]
+    why = (f"{best.name} ({best.file})" if best.file else best.name)
+    why += (f": fastest that passed parity, {best.sentences_per_s:.1f} sentences/s = "
+            f"{best.sentences_per_s / max(torch_sps, 1e-9):.2f}x PyTorch" if best.name != PYTORCH else
+            f": no exported file passing parity was faster than PyTorch's {torch_sps:.1f} sentences/s")
+    if failed:
+        why += "; not eligible: " + ", ".join(failed)
+    return best, why
+
+
+def time_encodes(models: dict[str, Any], passages: list[str], *, repeats: int, batch_size: int) -> dict[str, float]:
+    """Sentences/s of each model on ``passages``: the median of ``repeats`` encodes, models interleaved
+    round-robin so that load from other processes hits them alike (the caller warms them up first)."""
+    runs: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            started = time.perf_counter()
+            model.encode(passages, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+            runs[name].append(time.perf_counter() - started)
+    return {name: len(passages) / max(statistics.median(t), 1e-9) for name, t in runs.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -294,13 +355,14 @@ def _model_dir(ctx: StageContext) -> Path:
     return path
 
 
-def _check(ok: bool, message: str, ctx: StageContext, warnings: list[str]) -> None:
+def _check(ok: bool, message: str, ctx: StageContext, warnings: list[str]) -> bool:
     if ok:
-        return
+        return True
     if ctx.cfg.export.on_parity_failure == "fail":
         raise StageError(message + " To keep the export anyway, set export.on_parity_failure=warn.")
     ctx.log.warning("export: %s", message)
     warnings.append(message)
+    return False
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -340,6 +402,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     reference = encode(torch_model, passages, batch_size=e.batch_size)
     counts.update(parity_passages=len(passages), parity_source=source)
     onnx_models = {}
+    passed: dict[str, tuple[bool, str]] = {}  # kind -> (parity passed, why not)
     full_dim = reference.shape[1]
     dims = sorted({d for d in cfg.train.matryoshka_dims if 0 < d < full_dim}, reverse=True)
     for kind, file in files.items():
@@ -359,11 +422,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
         dim, worst_cos = min(by_dim.items(), key=lambda item: float(item[1].min()))
         worst = int(np.argmin(worst_cos))
         at = f" at {dim} dimensions" if dim != full_dim else ""
-        _check(bool(worst_cos.min() >= e.min_cosine),
+        ok = _check(bool(worst_cos.min() >= e.min_cosine),
                f"ONNX {kind} ({file}) does not reproduce PyTorch: min cosine {worst_cos.min():.6f}{at} < "
                f"export.min_cosine {e.min_cosine} over {len(passages)} passages from {source} (worst: "
                f"{passages[worst][:80]!r}). Check that onnx, onnxruntime and optimum match requirements.txt.",
                ctx, warnings)
+        passed[kind] = (ok, "" if ok else f"min cosine {worst_cos.min():.6f} < {e.min_cosine}")
 
     # 3. int8 retrieval quality vs PyTorch
     if "int8" in files:
@@ -371,6 +435,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if folder is None:
             ctx.log.warning("export: int8 retrieval check skipped: %s", why)
             counts["retrieval_check"] = f"skipped: {why}"
+            passed["int8"] = (False, "retrieval check skipped, so not judged")
         else:
             ctx.report(f"export: int8 retrieval check on {folder.name}", 0.6)
             task = load_retrieval_task(folder, split, max_queries=e.retrieval_max_queries,
@@ -386,15 +451,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
                           int8_ndcg_drop_points=drop)
             ctx.log.info("export: nDCG@10 on %s (%d queries, %d docs): PyTorch %.4f, int8 %.4f (drop %.2f points)",
                          folder.name, len(task.queries), len(task.corpus), torch_ndcg, int8_ndcg, drop)
-            _check(drop <= e.max_ndcg_drop,
+            ok = _check(drop <= e.max_ndcg_drop,
                    f"int8 ({files['int8']}) loses {drop:.2f} nDCG@10 points vs PyTorch on {folder.name} (more than "
                    f"export.max_ndcg_drop={e.max_ndcg_drop}). Try another export.int8_config or set export.int8=false.",
                    ctx, warnings)
+            passed["int8"] = (ok, "" if ok else f"nDCG@10 drop {drop:.2f} > {e.max_ndcg_drop} points")
 
     counts["parity_ok"] = not warnings
     counts["warnings"] = warnings
 
-    # 4. publish the outputs
+    # 4. what to serve: the fastest candidate that passed parity, timed on this CPU
+    serving = _choose(ctx, torch_model, onnx_models, files, passed, passages, model_dir)
+    counts["serving"] = {k: v for k, v in serving.items() if k != "pytorch_model"}
+
+    # 5. publish the outputs
+    write_json_atomic(staged / SERVING_FILE, serving)
     dest = ctx.output("onnx")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(staged, dest)
@@ -403,6 +474,29 @@ def run(ctx: StageContext) -> dict[str, Any]:
                  "model_kwargs={'file_name': 'onnx/model.onnx'}) or serve it with `python -m trainer.serve --model %s`",
                  dest, str(dest), dest)
     return counts
+
+
+def _choose(ctx: StageContext, torch_model: Any, onnx_models: dict[str, Any], files: dict[str, str],
+            passed: dict[str, tuple[bool, str]], passages: list[str], model_dir: Path) -> dict[str, Any]:
+    """What ``serve`` loads by default (written to the exported folder's serving.json): with export.select
+    'fastest', each candidate timed on the first export.speed_passages parity passages; else fp32."""
+    e = ctx.cfg.export
+    info: dict[str, Any] = {"select": e.select, "cpu": cpu_name(), "pytorch_model": str(model_dir)}
+    if e.select == "fp32":
+        ok = passed.get("fp32", (False, ""))[0]
+        return {**info, "backend": "onnx" if ok else PYTORCH, "file": FP32_FILE,
+                "why": "export.select is 'fp32'" + ("" if ok else "; fp32 failed parity, so PyTorch")}
+    ctx.report("export: timing the candidates on this CPU", 0.8)
+    sample_ = passages[: e.speed_passages]
+    speeds = time_encodes({PYTORCH: torch_model, **onnx_models}, sample_, repeats=e.speed_repeats,
+                          batch_size=e.batch_size)
+    candidates = [Candidate(PYTORCH, None, speeds[PYTORCH])] + [
+        Candidate(kind, files[kind], speeds[kind], *passed.get(kind, (False, "not checked"))) for kind in onnx_models]
+    best, why = choose_backend(candidates)
+    ctx.log.info("export: serving %s on %s (%s)", best.file or "PyTorch", info["cpu"], why)
+    return {**info, "backend": "onnx" if best.file else PYTORCH, "file": best.file or FP32_FILE, "why": why,
+            "sentences_per_s": {c.name: round(c.sentences_per_s, 1) for c in candidates},
+            "speed_passages": len(sample_), "speed_repeats": e.speed_repeats}
 
 
 def _inputs(cfg: Config) -> dict[str, str]:
@@ -429,12 +523,13 @@ STAGE = Stage(
            Input("mine", "test_beir", optional=True)),
     may_write=("onnx", "parity.json"),  # nothing when export.onnx is false
     external=_inputs,
-    version="1",
-    help="Export the trained model to ONNX (fp32 + int8 for this CPU) and check parity with PyTorch: cosine on "
-    "real passages (fp32), nDCG@10 on a retrieval task (int8).",
+    version="2",  # 2: serving.json, the fastest candidate on this CPU
+    help="Export the trained model to ONNX (fp32 + int8 for this CPU), check parity with PyTorch (cosine on real "
+    "passages for fp32, nDCG@10 on a retrieval task for int8) and pick the fastest passing one to serve.",
 )
 
 __all__ = [
-    "FP32_FILE", "STAGE", "cosines", "export_onnx", "int8_file_name", "load_onnx",
-    "load_retrieval_task", "parity_passages", "pick_int8_config", "retrieval_ndcg",
+    "FP32_FILE", "PYTORCH", "SERVING_FILE", "STAGE", "Candidate", "choose_backend", "cosines", "export_onnx",
+    "int8_file_name", "load_onnx", "load_retrieval_task", "parity_passages", "pick_int8_config", "retrieval_ndcg",
+    "time_encodes",
 ]

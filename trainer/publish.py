@@ -51,6 +51,7 @@ from hub_cards.training_set import training_set_card
 from trainer import submission
 from trainer.config import Config
 from trainer.errors import StageError
+from trainer.export import SERVING_FILE
 from trainer.files import sha256_file, write_json_atomic
 from trainer.hub import OWNER_PLACEHOLDER, hub_token, repo_ids
 from trainer.leaderboard import default_results_dir
@@ -494,11 +495,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     onnx_dir = ctx.input("export", "onnx")
 
     st_card = sentence_transformers_card(model_dir, ids["model"])
+    # what the export stage timed on its CPU and serves (not pushed: the choice is for that CPU; the card says it)
+    serving = (_read_json(onnx_dir / SERVING_FILE) if onnx_dir is not None else None) or None
 
     def card_fn(onnx_files: list[str]) -> Any:
         return model_card(cfg, ids["model"], facts, st_card=st_card, train_counts=train_m.get("counts") or {},
                           train_seconds=train_m.get("duration_s"), report=report, datasets=datasets_published,
-                          onnx_files=onnx_files, versions=train_m.get("versions") or {}, license_id=license_id)
+                          onnx_files=onnx_files, versions=train_m.get("versions") or {}, license_id=license_id,
+                          serving=serving)
 
     onnx_files = _model_folder(model_dir, onnx_dir, sdir / "model", card_fn)
     plans.append(_Plan("model", ids["model"], sdir / "model"))

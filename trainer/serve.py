@@ -20,7 +20,9 @@ ONNX Runtime's arena after every run, and after a big request the freed heap (gc
 ``malloc_trim``). Bodies nested deeper than ``MAX_JSON_DEPTH`` and text that is not valid
 Unicode (a lone surrogate such as ``"\\ud800"``) get a 400.
 
-Served from ``onnx/model.onnx`` (fp32) by default, or the int8 file (``int8=True``); bound to
+Served by default from what the export stage chose as fastest on its CPU (the folder's ``serving.json``:
+an ONNX file, or the PyTorch model when nothing exported beat it), else ``onnx/model.onnx``; ``int8=True``
+serves the int8 file for this CPU and ``file_name`` any file of the folder. Bound to
 127.0.0.1 unless told otherwise. Set ``api_key`` (``--api-key-env NAME`` on the command line) before
 binding anywhere else.
 
@@ -68,7 +70,7 @@ from starlette.exceptions import HTTPException
 
 from trainer._process import stop_group
 from trainer.errors import InputError, TrainerError, disk_error
-from trainer.export import load_onnx, pick_int8_config
+from trainer.export import PYTORCH, SERVING_FILE, cpu_name, load_onnx, pick_int8_config
 from trainer.files import free_port
 from trainer.llm_server import _die_with_parent
 from trainer.logs import get_logger
@@ -112,13 +114,68 @@ def find_model_folder(path: str | Path) -> Path:
     )
 
 
+def serving_choice(folder: Path) -> dict[str, Any]:
+    """What the export stage chose to serve (the folder's serving.json); empty when it chose nothing."""
+    path = folder / SERVING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        choice = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        get_logger().warning("embeddings server: %s unreadable (%s); serving %s", path, exc, FP32_FILE)
+        return {}
+    return choice if isinstance(choice, dict) else {}
+
+
+def pytorch_weights(folder: Path) -> Path | None:
+    """The PyTorch model behind an exported folder: the folder itself when it holds the weights (a Hub
+    download), else the trained model its serving.json names (a run's export)."""
+    named = serving_choice(folder).get("pytorch_model")
+    for candidate in (folder, *([Path(named)] if isinstance(named, str) else [])):
+        if (candidate / "modules.json").is_file() and any(
+                (candidate / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
+            return candidate
+    return None
+
+
+def _chosen_file(folder: Path) -> str | None:
+    """The export stage's choice for this folder (PYTORCH or an ONNX file), or None to serve fp32."""
+    choice, log = serving_choice(folder), get_logger()
+    if not choice:
+        return None
+    measured_on, why = choice.get("cpu") or "?", choice.get("why") or "recorded by the export stage"
+    if measured_on != cpu_name():
+        log.warning("embeddings server: the export stage timed the candidates on %s, this is %s: its choice may "
+                    "not be the fastest here; re-run `python -m trainer export --force` on this machine, or pass "
+                    "--file / --int8", measured_on, cpu_name())
+    if choice.get("backend") == PYTORCH:
+        if pytorch_weights(folder) is not None:
+            log.info("embeddings server: serving the PyTorch model, not ONNX: %s", why)
+            return PYTORCH
+        log.warning("embeddings server: the export stage found PyTorch fastest on %s, but its weights are not "
+                    "here (%s); serving %s, which may be slower (pass --file to choose another)",
+                    measured_on, choice.get("pytorch_model"), FP32_FILE)
+        return None
+    file = choice.get("file")
+    if isinstance(file, str) and (folder / file).is_file():
+        log.info("embeddings server: serving %s: %s", file, why)
+        return file
+    log.warning("embeddings server: %s names %s, which is not in %s; serving %s", SERVING_FILE, file, folder,
+                FP32_FILE)
+    return None
+
+
 def pick_onnx_file(folder: Path, *, int8: bool = False, file_name: str | None = None) -> str:
-    """The ONNX file to serve: the one named, the int8 file for this CPU, or onnx/model.onnx."""
+    """The file to serve: the one named, the int8 file for this CPU, else the export stage's choice
+    (serving.json: an ONNX file, or PYTORCH when PyTorch was fastest), else onnx/model.onnx."""
     if file_name:
         if not (folder / file_name).is_file():
             raise InputError(f"{folder / file_name} not found")
         return file_name
     if not int8:
+        chosen = _chosen_file(folder)
+        if chosen is not None:
+            return chosen
         if not (folder / FP32_FILE).is_file():
             raise InputError(f"{folder / FP32_FILE} not found; re-run the export stage")
         return FP32_FILE
@@ -145,7 +202,7 @@ class Embedder:
 
         self.folder, self.file_name, self.batch_size = folder, file_name, batch_size
         try:
-            self.model = load_onnx(folder, file_name)
+            self.model = _load_pytorch(folder) if file_name == PYTORCH else load_onnx(folder, file_name)
         except (OSError, ValueError) as exc:  # a damaged config/tokenizer file, or the disk
             raise disk_error(exc) or _damaged(folder / file_name, exc) from None
         except Exception as exc:
@@ -174,6 +231,16 @@ class Embedder:
     def embed(self, texts: list[str], dimensions: int | None = None) -> tuple[np.ndarray, int]:
         emb, tokens = self.encode(texts)
         return truncate(emb, dimensions, self.dim), tokens
+
+
+def _load_pytorch(folder: Path) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    weights = pytorch_weights(folder)
+    if weights is None:
+        raise InputError(f"no PyTorch weights for {folder} (neither there nor where its {SERVING_FILE} says); "
+                         "serve an ONNX file with --file onnx/model.onnx")
+    return SentenceTransformer(str(weights), device="cpu")
 
 
 class _ShrinkingSession:
@@ -507,6 +574,7 @@ def build_app(
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": name, "file": embedder.file_name, "precision": precision,
+                "backend": PYTORCH if embedder.file_name == PYTORCH else "onnx",
                 "dimensions": embedder.dim, "max_tokens": embedder.max_tokens, "normalized": embedder.normalized}
 
     log.info("embeddings server: %s (%s, %s, %d dimensions)", name, folder, embedder.file_name, embedder.dim)
@@ -601,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="exported folder (runs/<name>/stages/export/onnx) or a run dir")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--int8", action="store_true", help="serve the int8 file for this CPU instead of fp32")
+    parser.add_argument("--int8", action="store_true", help="serve the int8 file for this CPU instead of the "
+                        "export stage's choice (serving.json) or fp32")
     parser.add_argument("--file", default=None, help="serve this ONNX file of the folder (e.g. onnx/model_O2.onnx)")
     parser.add_argument("--name", default=None, help="model id in responses (default: the run's name)")
     parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key clients "
