@@ -17,6 +17,7 @@ import textwrap
 from trainer.config import Config, explain, load_config
 from trainer.errors import TrainerError, disk_error
 from trainer.logs import redact, setup_console
+from trainer.rundir import RunDir
 
 EPILOG = """\
 examples:
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             outcomes = run_pipeline(cfg, only=args.command, force=args.force)
         for o in outcomes:
-            print(f"{o.stage}: {o.action} -> {cfg.run.dir}/stages/{o.stage}  "
+            print(f"{o.stage}: {o.action} -> {RunDir(cfg.run.dir).stage_dir(o.stage)}  "
                   f"{json.dumps(o.manifest.get('counts', {}), default=str)}")
         return 0
     except TrainerError as exc:

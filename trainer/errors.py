@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 
 _RUN_DIR = "choose another run directory (--run-dir DIR, or run.dir=DIR)"
 _RESUME = "then run the same command again: finished stages are kept and the interrupted one resumes"
@@ -46,14 +47,21 @@ class StorageError(TrainerError):
     """A file or folder could not be written or read: a full disk, no permission, a file in the way, ..."""
 
 
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what it was raised from or during (``__cause__`` / ``__context__``), each once."""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        yield node
+        node = node.__cause__ or node.__context__
+
+
 def disk_error(exc: BaseException) -> StorageError | None:
     """The StorageError, with its fix, for an OSError of the disk (ENOSPC, EACCES, EEXIST, ENOTDIR, ...) in
     ``exc`` or what it was raised from (libraries re-wrap them); None for anything else (a bug keeps its
     traceback)."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
+    for cur in exception_chain(exc):
         if isinstance(cur, OSError):
             code = cur.errno
             if code is None and "No space left on device" in str(cur):  # pyarrow and others drop the errno
@@ -61,5 +69,4 @@ def disk_error(exc: BaseException) -> StorageError | None:
             if code in DISK_FIXES:
                 paths = " -> ".join(str(p) for p in (cur.filename, cur.filename2) if p is not None)
                 return StorageError(f"{os.strerror(code)}{f' ({paths})' if paths else ''}: {DISK_FIXES[code]}")
-        cur = cur.__cause__ or cur.__context__
     return None

@@ -21,8 +21,9 @@ Example::
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
+
+from trainer.errors import exception_chain
 
 RETRY_STATUSES = frozenset({408, 409, 412, 425, 429})
 NEVER_RETRIED_5XX = frozenset({501, 505})
@@ -52,19 +53,9 @@ def is_retryable_status(status: int) -> bool:
     return status in RETRY_STATUSES or (500 <= status < 600 and status not in NEVER_RETRIED_5XX)
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and its causes/contexts, each once."""
-    seen: set[int] = set()
-    node: BaseException | None = exc
-    while node is not None and id(node) not in seen:
-        seen.add(id(node))
-        yield node
-        node = node.__cause__ or node.__context__
-
-
 def http_status(exc: BaseException) -> int | None:
     """The HTTP status of the response behind an exception (or its causes), if any."""
-    for node in _chain(exc):
+    for node in exception_chain(exc):
         status = getattr(getattr(node, "response", None), "status_code", None)
         if isinstance(status, int):
             return status
@@ -72,7 +63,7 @@ def http_status(exc: BaseException) -> int | None:
 
 
 def retry_after(exc: BaseException) -> str | None:
-    for node in _chain(exc):
+    for node in exception_chain(exc):
         response = getattr(node, "response", None)
         if response is not None and getattr(response, "headers", None) is not None:
             return response.headers.get("Retry-After")
@@ -83,7 +74,7 @@ def is_connection_error(exc: BaseException) -> bool:
     import requests
 
     return any(isinstance(n, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError)
-               for n in _chain(exc))
+               for n in exception_chain(exc))
 
 
 def is_retryable(exc: BaseException) -> bool:
