@@ -48,6 +48,7 @@ from trainer.config import Config
 from trainer.errors import StageError
 from trainer.files import fingerprint, write_json_atomic, write_text_atomic
 from trainer.logs import get_logger
+from trainer.progress import ProgressHook, Sink
 
 MANIFEST = "manifest.json"
 WORK = "_work"
@@ -111,7 +112,9 @@ class StageContext:
     stage: Stage
     resumed: bool
     progress: ProgressFn | None = None
+    progress_sinks: tuple[Sink, ...] = ()
     log: Any = field(default_factory=get_logger)
+    _hook: ProgressHook | None = field(default=None, repr=False)
 
     @property
     def dir(self) -> Path:
@@ -156,6 +159,14 @@ class StageContext:
     def report(self, message: str, fraction: float | None = None) -> None:
         if self.progress is not None:
             self.progress(message, fraction)
+
+    def advance(self, done: float, total: float | None = None, *, unit: str = "items", label: str | None = None,
+                message: str = "", **extra: Any) -> None:
+        """Report the stage's own counter (``ctx.advance(120, 600, unit="queries")``): written to
+        ``<run>/progress.json`` with rate and ETA (the Space's bar) and handed to the CLI's bar."""
+        if self._hook is None:
+            self._hook = ProgressHook(self.run_dir.root, self.stage.name, self.progress_sinks)
+        self._hook.update(done, total, unit=unit, label=label, message=message, **extra)
 
 
 @dataclass
