@@ -144,6 +144,9 @@ def _eval_section(report: Mapping[str, Any] | None, status: str, regressed: list
     else:
         head = (f"**Regressions:** the fine-tuned model scores below its base model on {', '.join(regressed)}. "
                 "Check that these tasks matter to you before using it in place of the base model.")
+        if report.get("published_despite_regression"):
+            head += (" It was published anyway, by an explicit override (`publish.allow_regression=true`): the "
+                     "pipeline's guard would otherwise have stopped it.")
     lines = ["## Evaluation", "", head, "",
              "Main score per task (nDCG@10 unless noted) for the base model and this model, with leaderboard "
              "references from the MTEB results at evaluation time.", "",

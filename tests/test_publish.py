@@ -401,3 +401,36 @@ def test_the_test_server_speaks_the_hub_protocol(hub, tmp_path):
     assert out["dataset_files"] == [".gitattributes", "README.md", "data/train-00000-of-00001.parquet"]
     assert out["roundtrip"]
     assert hub.repo("tester/pushed-dataset", "dataset").private
+
+
+def test_a_model_worse_than_its_base_is_not_pushed_without_the_override(hub, tmp_path):
+    from tests.publish_fixtures import report_with_regression
+    from trainer.publish import regression_verdict
+
+    run_dir = tmp_path / "run"
+    build_run(run_dir, evaluate=report_with_regression())
+    shown = regression_verdict(run_dir)  # what the Space shows before publish
+    assert not shown.ok and shown.status == "regression" and "SciFact (-4.50 points)" in shown.text
+    refused = publish(hub, run_dir)
+    assert refused.returncode != 0 and hub.repos == {}
+    assert "nothing was pushed" in refused.stderr and "publish.allow_regression=true" in refused.stderr
+    allowed = publish(hub, run_dir, "publish.allow_regression=true")
+    assert allowed.returncode == 0, allowed.stderr
+    card = hub.file_bytes(MODEL, "README.md").decode()
+    assert "below its base model on SciFact" in card and "`publish.allow_regression=true`" in card
+
+
+def test_a_change_within_the_tolerance_is_not_a_regression(tmp_path):
+    from tests.publish_fixtures import REPORT_IMPROVED
+    from trainer.leaderboard import compare, to_markdown
+    from trainer.publish import verdict_of_report
+
+    rows = [{"task": "SciFact", "base": 0.6451, "tuned": 0.6443}, {"task": "AILAStatutes", "base": 0.2, "tuned": 0.21}]
+    report = compare(rows, tolerance=0.003)  # the default evaluate.regression_tolerance
+    assert report["regressions"] == []
+    assert "within the tolerance: SciFact -0.0008" in to_markdown(report) and "REGRESSION" not in to_markdown(report)
+    v = verdict_of_report(report, 0.003)
+    assert v.ok and v.status == "no_regression" and "SciFact -0.08" in v.text
+    assert not verdict_of_report(report, 0.0).ok  # with no tolerance it would be one
+    assert verdict_of_report(REPORT_IMPROVED, 0.003).status == "improved"
+    assert verdict_of_report(None, 0.003).status == "not_evaluated"

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "ingest":
             p.add_argument("--source", help="corpus (same as --set ingest.source=...): folder, BEIR folder, "
                            "hub:<id>, builtin:python-docs, data:<name>")
+        if name == "mine":
+            p.add_argument("--queries", help="your own real queries (same as --set queries.source=...): .jsonl/.csv "
+                           "with a query and a document id or text, a BEIR folder, hub:<id>")
 
     p = sub.add_parser("run", help="run the chain of stages up to --to (finished ones are skipped)",
                        description="Run every stage up to --to; up-to-date stages are no-ops.")
@@ -72,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"last stage to run (default: {STAGE_NAMES[-1]})")
     p.add_argument("--force", action="store_true", help="re-run the --to stage even if up to date")
     p.add_argument("--source", help="corpus (same as --set ingest.source=...)")
+    p.add_argument("--queries", help="your own real queries (same as --set queries.source=...)")
 
     sub.add_parser("domains", help="rank the MTEB subcategories by room for improvement (see `domains --help`)",
                    add_help=False)
@@ -95,6 +99,8 @@ def _config(args: argparse.Namespace) -> Config:
         overrides.append(f"run.dir={args.run_dir}")
     if getattr(args, "source", None):
         overrides.append(f"ingest.source={args.source}")
+    if getattr(args, "queries", None):
+        overrides.append(f"queries.source={args.queries}")
     return load_config(args.config, overrides)
 
 

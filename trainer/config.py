@@ -234,13 +234,66 @@ class MineConfig(_Section):
         "or with the same normalized text."
     )
     batch_size: int = Field(64, ge=1, description="Encoding batch size of the base model.")
+    round_trip: Literal["off", "dense", "bm25", "hybrid"] = Field(
+        "off", description="Round-trip filter (Promptagator, PAQ): keep a generated query only when one of its source "
+        "passages ranks within the top round_trip_k for it, by the base model (dense), BM25, or both fused by "
+        "reciprocal rank (hybrid). Your own queries and corpus-derived pairs are never filtered. Counted in "
+        "stats.json (queries.round_trip_dropped)."
+    )
+    round_trip_k: int = Field(10, ge=1, description="Rank a source passage must reach for mine.round_trip "
+                              "(at most mine.candidates).")
+    corpus_pairs: Literal["off", "inverse_cloze", "spans"] = Field(
+        "off", description="Training pairs taken from the corpus itself, no generator needed: inverse_cloze (one "
+        "sentence of a chunk as the query, the chunk without it as the positive) or spans (a one- or two-sentence "
+        "span of one chunk as the query, another chunk of the same document as the positive). Mined like queries."
+    )
+    corpus_pairs_share: float = Field(
+        0.5, gt=0, lt=1, description="Share of corpus-derived pairs among the training queries (0.5: one per "
+        "generated or real query); with no other queries, corpus_pairs_count decides."
+    )
+    corpus_pairs_count: int | None = Field(
+        None, ge=1, description="Number of corpus-derived pairs; overrides corpus_pairs_share."
+    )
 
     @model_validator(mode="after")
     def _margin(self) -> MineConfig:
+        if self.round_trip != "off" and self.round_trip_k > self.candidates:
+            raise ValueError(f"round_trip_k {self.round_trip_k} is larger than candidates {self.candidates}: a "
+                             "source passage is only looked for among the retrieved candidates; raise "
+                             "mine.candidates or lower mine.round_trip_k")
         if self.margin_type == "perc" and self.margin > 1:
             raise ValueError(f"margin {self.margin} > 1 with margin_type 'perc' would keep negatives scoring "
                              "above the positive; use a fraction such as 0.95")
         return self
+
+
+class QueriesConfig(_Section):
+    source: str | None = Field(
+        None, description="Your own real queries: a .jsonl/.csv file (a query column: query, question or text; and "
+        "the relevant document's id (doc_id, corpus_id, document_id, positive_id) or text (document, passage, "
+        "positive)), a BEIR folder (queries.jsonl + qrels/<split>.tsv), 'hub:<dataset id>' or 'data:<name>'. "
+        "Document ids are the ingest stage's (a BEIR corpus keeps its _id)."
+    )
+    use: Literal["train", "eval", "both"] = Field(
+        "both", description="train: mixed into the training queries (their own hard negatives are mined); eval: "
+        "scored as 'your queries' next to the MTEB tasks; both: eval_fraction of them (by query id) for "
+        "evaluation, the rest for training. Queries that match an evaluation task's test queries are refused."
+    )
+    split: str = Field("train", description="Qrels split of a BEIR folder source (qrels/<split>.tsv).")
+    hub_split: str = Field("train", description="Split of a Hub dataset source.")
+    ratio: float | None = Field(
+        None, gt=0, le=1, description="Share of real queries among the training queries (the larger side is "
+        "subsampled, seeded); None: every real and every synthetic query; 1: real queries only (the generate "
+        "stage is skipped by `run`)."
+    )
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="use=both: share of the queries (by a hash of the "
+                                 "query id) held out for evaluation.")
+    query_column: str | None = Field(None, description="Query field of a file or Hub source; default: the first "
+                                     "of query, question, text.")
+    doc_id_column: str | None = Field(None, description="Relevant document id field; default: the first of doc_id, "
+                                      "corpus_id, corpus-id, document_id, positive_id, pos_id.")
+    doc_text_column: str | None = Field(None, description="Relevant document text field (when there is no id); "
+                                        "default: the first of document, passage, positive, doc_text.")
 
 
 class TrainConfig(_Section):
@@ -333,7 +386,8 @@ class EvaluateConfig(_Section):
         "re-evaluating a run or a variant does not encode them again."
     )
     regression_tolerance: float = Field(
-        0.0, ge=0, description="A task is a regression when tuned main score < base - this (score units, 0-1)."
+        0.003, ge=0, description="A task is a regression when tuned main score < base - this (score units, 0-1; "
+        "0.003 = 0.3 nDCG@10 points, what a re-run with another seed moves on SciFact dev, BENCHMARKS.md)."
     )
 
 
@@ -408,6 +462,10 @@ class PublishConfig(_Section):
     model_license: str | None = Field(None, description="Licence of the model; default: the base model's.")
     max_retries: int = Field(4, ge=0, description="Retries per repository on 429/5xx/connection errors.")
     retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles on each retry.")
+    allow_regression: bool = Field(
+        False, description="Publish a model that the evaluation found worse than its base on a task (beyond "
+        "evaluate.regression_tolerance); without it the stage stops before pushing anything. The card says so."
+    )
 
     _token_env = field_validator("token_env")(_env_var_name)
 
@@ -419,6 +477,7 @@ class Config(_Section):
     ingest: IngestConfig = IngestConfig()
     generate: GenerateConfig = GenerateConfig()
     mine: MineConfig = MineConfig()
+    queries: QueriesConfig = QueriesConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()

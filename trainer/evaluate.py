@@ -58,6 +58,7 @@ from trainer.rundir import Input, Stage, StageContext
 log = logging.getLogger("trainer")
 
 NOT_AVAILABLE_OFFLINE = "not available offline"
+YOUR_QUERIES = "your queries"  # the row of queries.source's evaluation part (the mine stage's real_beir)
 
 
 # ---------------------------------------------------------------------------------- own retrieval
@@ -383,6 +384,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
                      "base": res["base"].get("ndcg_at_10"), "tuned": res["tuned"].get("ndcg_at_10"),
                      "n_queries": res["n_queries"]})
 
+    real = ctx.input("mine", "real_beir")
+    if real is not None:
+        ctx.report("evaluate: your queries", 0.25)
+        res = compare_on_beir(base, tuned, real, **kw)
+        write_json_atomic(ctx.output("real.json"), res)
+        rows.append({"task": YOUR_QUERIES, "kind": "your queries", "metric": "ndcg_at_10",
+                     "base": res["base"].get("ndcg_at_10"), "tuned": res["tuned"].get("ndcg_at_10"),
+                     "n_queries": res["n_queries"]})
+        counts["your_queries_ndcg_at_10"] = {"base": rows[-1]["base"], "tuned": rows[-1]["tuned"]}
+
     task_names = list(ev.tasks) if ev.tasks is not None else domain_tasks(cfg.domain)
     mteb_rows = []
     if ev.mteb and task_names:
@@ -462,9 +473,10 @@ STAGE = Stage(
     run=run,
     sections=("domain", "model", "train.matryoshka_dims", "evaluate"),
     reads=(Input("train", "model"), Input("mine", "test_beir", optional=True),
+           Input("mine", "real_beir", optional=True),
            Input("ingest", "documents", optional=True), Input("ingest", "chunks", optional=True)),
     writes=("report.json", "report.md"),
-    may_write=("synthetic.json", "beir.json", "mteb", "plots"),
+    may_write=("synthetic.json", "beir.json", "real.json", "mteb", "plots"),
     external=_inputs,
     version="1",
     help="Base vs tuned: held-out synthetic split, your BEIR folder, MTEB tasks, leaderboard references.",

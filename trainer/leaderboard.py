@@ -192,6 +192,10 @@ def to_markdown(report: Mapping[str, Any], title: str = "Evaluation report") -> 
         + ", ".join(r["task"] for r in report["regressions"])
     )
     tol = report["regression_tolerance"]
+    near = [f"{t['task']} {t['delta']:+.4f}" for t in report["tasks"]
+            if t.get("delta") is not None and -tol <= t["delta"] < 0]
+    if near:  # below base, but by less than a re-run moves: not called a regression
+        verdict += f"; within the tolerance: {', '.join(near)}"
     lines += [f"**Verdict:** {verdict} ({report['compared']} compared, tolerance {tol}).", ""]
     lines += [
         "| task | kind | metric | base | tuned | Δ | Δ rel | base on leaderboard | best < 100M | best < 500M | best "

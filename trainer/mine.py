@@ -65,8 +65,19 @@ from trainer._faults import crash_point
 from trainer.beir import write_beir
 from trainer.chunking import passage_text
 from trainer.config import Config
+from trainer.corpus_pairs import MAKERS as CORPUS_PAIR_MAKERS
 from trainer.errors import InputError
-from trainer.files import atomic_dir
+from trainer.files import atomic_dir, fingerprint
+from trainer.real_queries import (
+    REAL_TYPE,
+    RealQuery,
+    load_real_queries,
+    mix_counts,
+    refuse_leaks,
+    split_queries,
+    subsample,
+    test_sets,
+)
 from trainer.retrieval import cached_encode, encode, exact_search, load_model
 from trainer.rundir import Input, Stage, StageContext
 
@@ -234,6 +245,16 @@ class Query:
     negatives: list[int] = field(default_factory=list)
     negative_scores: list[float] = field(default_factory=list)
     positive_scores: list[float] = field(default_factory=list)
+    positive_text: str | None = None  # inverse cloze: the positive is its chunk without the query sentence
+    round_trip_dropped: bool = False
+
+
+GENERATED = "generated"  # round-trip filtering applies to generated queries only
+CORPUS_TYPE = "corpus"  # the `type` of a corpus-derived pair (suffixed with the method)
+
+
+def _is_generated(q: Query) -> bool:
+    return q.type != REAL_TYPE and not q.type.startswith(CORPUS_TYPE)
 
 
 def load_inputs(ctx: StageContext):
@@ -242,6 +263,12 @@ def load_inputs(ctx: StageContext):
     chunks_dir = ctx.input("ingest", "chunks")
     queries_dir = ctx.input("generate", "queries")
     chunks = datasets.load_from_disk(str(chunks_dir))
+    if queries_dir is None or (ctx.cfg.queries.source and ctx.cfg.queries.ratio == 1
+                               and ctx.cfg.queries.use != "eval"):
+        if not ctx.cfg.queries.source and ctx.cfg.mine.corpus_pairs == "off":
+            raise InputError("mine: no queries to train on: run the generate stage (`python -m trainer run --to "
+                             "mine`), or give your own with queries.source, or set mine.corpus_pairs")
+        return chunks, datasets.Dataset.from_dict({c: [] for c in REQUIRED_QUERY_COLUMNS})
     queries = datasets.load_from_disk(str(queries_dir))
     missing = [c for c in REQUIRED_QUERY_COLUMNS if c not in queries.column_names]
     if missing:
@@ -283,6 +310,57 @@ def assign_queries(
         q = Query(qid, text, str(row.get("type") or ""), int(row.get("hops") or len(positives)), positives, docs)
         (test if held_out else train).append(q)
     return train, test, dropped
+
+
+def resolve_real(queries: Sequence[RealQuery], chunk_ids: Sequence[str], chunk_doc: Sequence[str],
+                 texts: Sequence[str], documents: dict[str, dict[str, str]] | None) -> tuple[list[dict], Counter]:
+    """Rows in the generate stage's layout for real queries (positives: every chunk of each relevant document; the
+    mine stage keeps the one the base model scores highest), and drop counts. A relevant document given by its
+    text is matched to the document or chunk with the same normalized text, or the document containing it."""
+    chunks_of: dict[str, list[str]] = {}
+    for cid, d in zip(chunk_ids, chunk_doc):
+        chunks_of.setdefault(d, []).append(cid)
+    by_text: dict[str, str] = {normalized(t): d for t, d in zip(texts, chunk_doc)}
+    doc_norm: dict[str, str] = {}
+    if documents:
+        for d, doc in documents.items():
+            by_text.setdefault(normalized(doc["text"]), d)
+            doc_norm[d] = normalized(doc["text"])
+    rows, dropped = [], Counter()
+    for q in queries:
+        docs = [d for d in q.doc_ids if d in chunks_of]
+        if not q.doc_ids and q.doc_text:
+            want = normalized(q.doc_text)
+            hit = by_text.get(want) or next((d for d, t in doc_norm.items() if want and want in t), None)
+            docs = [hit] if hit else []
+        if not docs:
+            dropped["unknown_document"] += 1
+            continue
+        rows.append({"query_id": f"real/{q.query_id}", "query": q.text, "type": REAL_TYPE, "hops": 1,
+                     "positive_chunk_ids": [c for d in docs for c in chunks_of[d]], "positive_doc_ids": docs})
+    return rows, dropped
+
+
+def write_real_beir(dest: Path, documents: dict[str, dict[str, str]], rows: Sequence[dict]) -> int:
+    """Your evaluation queries as BEIR over the ingest documents (as MTEB scores a task: whole documents)."""
+    queries = {r["query_id"]: r["query"] for r in rows}
+    qrels = {r["query_id"]: {d: 1 for d in r["positive_doc_ids"]} for r in rows}
+    return write_beir(dest, documents, queries, qrels)
+
+
+def _documents(ctx: StageContext, chunks) -> dict[str, dict[str, str]]:
+    """doc_id -> {title, text} from the ingest documents (else the chunks joined, in order)."""
+    import datasets
+
+    folder = ctx.input("ingest", "documents")
+    if folder is not None:
+        ds = datasets.load_from_disk(str(folder)).select_columns(["doc_id", "title", "text"])
+        return {r["doc_id"]: {"title": r["title"] or "", "text": r["text"]} for r in ds}
+    docs: dict[str, dict[str, str]] = {}
+    for d, title, text in zip(chunks["doc_id"], chunks["title"], chunks["text"]):
+        entry = docs.setdefault(d, {"title": title or "", "text": ""})
+        entry["text"] = (entry["text"] + " " + text).strip()
+    return docs
 
 
 # ---------------------------------------------------------------- embeddings (cached in _work)
@@ -361,6 +439,38 @@ def plot_scores(path: Path, positive: Sequence[float], negative: Sequence[float]
 # ---------------------------------------------------------------- the stage
 
 
+def real_queries(ctx: StageContext, chunks, train: list[Query], test: list[Query], test_docs: set[str],
+                 chunk_row: dict[str, int]) -> dict[str, Any]:
+    """Your queries (``queries:``): the training ones as Query objects (after the leakage guard), the evaluation
+    ones written to ``real_beir/``, and their counts."""
+    qc = ctx.cfg.queries
+    if not qc.source:
+        return {"train": [], "stats": {}}
+    loaded = load_real_queries(qc)
+    train_q, eval_q = split_queries(loaded, qc.use, qc.eval_fraction, ctx.cfg.run.seed)
+    if train_q:  # test queries of an evaluation task, or of this run's held-out split, never reach training
+        sets = test_sets(ctx.cfg)
+        if test:
+            sets["this run's held-out synthetic split"] = ({q.query_id: q.text for q in test}, {})
+        refuse_leaks(train_q, sets, qc.source)
+    documents = _documents(ctx, chunks)
+    ids, docs, texts = chunks["chunk_id"], chunks["doc_id"], chunks["text"]
+    train_rows, dropped = resolve_real(train_q, ids, docs, texts, documents)
+    eval_rows, eval_dropped = resolve_real(eval_q, ids, docs, texts, documents)
+    if loaded and not train_rows and not eval_rows:
+        raise InputError(f"queries.source={qc.source}: none of the {len(loaded)} queries' documents is in the "
+                         "corpus (ids are the ingest stage's doc_id; a BEIR corpus keeps its _id)")
+    kept, held_out, _ = assign_queries(train_rows, chunk_row, docs, test_docs)
+    if held_out:  # on a document of the synthetic held-out split: not trained on
+        dropped["on_held_out_document"] += len(held_out)
+    if eval_rows:
+        write_real_beir(ctx.output("real_beir"), documents, eval_rows)
+    stats = {"source": qc.source, "use": qc.use, "loaded": len(loaded), "train": len(kept), "eval": len(eval_rows),
+             "dropped": dict(sorted((dropped + eval_dropped).items()))}
+    ctx.log.info("mine: your queries: %s", stats)
+    return {"train": kept, "stats": stats}
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     import datasets
 
@@ -381,6 +491,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if dropped.get("unknown_positive") == len(queries_ds) and len(queries_ds):
         raise InputError("no query's positive_chunk_ids match the ingest chunks: the generate output belongs to "
                          "another corpus or chunking; re-run generate (`python -m trainer run --to mine`)")
+    real = real_queries(ctx, chunks, train, test, test_docs, chunk_row)
+    n_synthetic = len(train)
+    keep_real, keep_synth = mix_counts(len(real["train"]), n_synthetic, cfg.queries.ratio)
+    train = (subsample(train, keep_synth, f"mix/synthetic/{cfg.run.seed}")
+             + subsample(real["train"], keep_real, f"mix/real/{cfg.run.seed}"))
     _save_dataset({"doc_id": all_docs, "split": ["test" if d in test_docs else "train" for d in all_docs]},
                   datasets.Features({"doc_id": datasets.Value("string"), "split": datasets.Value("string")}),
                   ctx.output("split"))
@@ -393,38 +508,79 @@ def run(ctx: StageContext) -> dict[str, Any]:
     passages = [passage_text(titles[i], texts[i]) for i in pool]
     norm = [normalized(texts[i]) for i in pool]
     pool_doc = [chunk_doc[i] for i in pool]
+    n_pairs = 0
+    if mc.corpus_pairs != "off":
+        n_pairs = mc.corpus_pairs_count or round(len(train) * mc.corpus_pairs_share / (1 - mc.corpus_pairs_share))
+        if not n_pairs:
+            raise InputError("mine.corpus_pairs: no other training queries to set the share against; set "
+                             "mine.corpus_pairs_count")
+        made = CORPUS_PAIR_MAKERS[mc.corpus_pairs]([texts[i] for i in pool], pool_doc, n_pairs, cfg.run.seed)
+        for n, pair in enumerate(made):
+            src, row = pool[pair.source], pool[pair.positive]
+            train.append(Query(f"{CORPUS_TYPE}/{mc.corpus_pairs}/{n}", pair.query, f"{CORPUS_TYPE}:{mc.corpus_pairs}",
+                               1, [row], {chunk_doc[src], chunk_doc[row]},
+                               positive_text=passage_text(titles[row], pair.positive_text)
+                               if pair.positive_text is not None else None))
+        if len(made) < n_pairs:
+            log.warning("mine: %d corpus-derived pairs asked for, %d chunks qualified", n_pairs, len(made))
     encoder = Encoder(cfg)
     p_emb, p_reused = embed_cached(passages, ctx.work / "passages",
                                    lambda t: encoder.encode(t, "document", cfg.model.passage_prompt))
     ctx.report("mine: passages embedded", 0.6)
     q_emb, q_reused = embed_cached([q.text for q in train], ctx.work / "queries",
                                    lambda t: encoder.encode(t, "query", cfg.model.query_prompt))
+    custom = [i for i, q in enumerate(train) if q.positive_text is not None]
+    custom_emb = dict(zip(custom, encoder.encode([train[i].positive_text for i in custom], "document",
+                                                 cfg.model.passage_prompt))) if custom else {}
+    for i, q in enumerate(train):  # a real query's positive: its documents' chunk the base model scores highest
+        if q.type == REAL_TYPE and len(q.positives) > 1:
+            best: dict[str, tuple[float, int]] = {}
+            for r in q.positives:
+                score = float(p_emb[pool_pos[r]] @ q_emb[i])
+                if chunk_doc[r] not in best or score > best[chunk_doc[r]][0]:
+                    best[chunk_doc[r]] = (score, r)
+            q.positives = [r for _, r in best.values()]
     use_dense, use_bm25 = mc.mode in ("hybrid", "dense"), mc.mode in ("hybrid", "bm25")
-    bm25 = BM25Index(passages) if use_bm25 and train else None
+    need_dense = use_dense or mc.round_trip in ("dense", "hybrid")
+    need_bm25 = use_bm25 or mc.round_trip in ("bm25", "hybrid")
+    bm25 = BM25Index(passages) if need_bm25 and train else None
 
-    def candidates(idx: list[int], depth: int) -> list[tuple[list[int], set[int], set[int]]]:
-        dense = dense_search(q_emb[idx], p_emb, depth) if use_dense else [[] for _ in idx]
+    def candidates(idx: list[int], depth: int) -> list[tuple[list[int], list[int], list[int]]]:
+        dense = dense_search(q_emb[idx], p_emb, depth) if need_dense else [[] for _ in idx]
         lexical = bm25.search([train[i].text for i in idx], depth) if bm25 else [[] for _ in idx]
         out = []
         for d, b in zip(dense, lexical):
-            order = fuse(d, b, mc.fusion) if use_dense and use_bm25 else (d or b)
-            out.append((order, set(d), set(b)))
+            d_, b_ = (d if use_dense else []), (b if use_bm25 else [])
+            order = fuse(d_, b_, mc.fusion) if use_dense and use_bm25 else (d_ or b_)
+            out.append((order, d, b))
         return out
+
+    def round_trip_ok(q: Query, d: list[int], b: list[int]) -> bool:
+        ranking = {"dense": d, "bm25": b, "hybrid": fuse(d, b, "rrf") if d and b else (d or b)}[mc.round_trip]
+        top = set(ranking[:mc.round_trip_k])
+        return any(pool_pos[r] in top for r in q.positives)
 
     # 3. guard and keep the first k survivors
     drops_by_query: dict[int, Counter] = {}
     sources: Counter = Counter()
 
-    def mine(i: int, found: tuple[list[int], set[int], set[int]]) -> None:
+    def mine(i: int, found: tuple[list[int], list[int], list[int]]) -> None:
         q = train[i]
-        order, from_dense, from_bm25 = found
+        order, d_list, b_list = found
+        if mc.round_trip != "off" and _is_generated(q) and not round_trip_ok(q, d_list, b_list):
+            q.round_trip_dropped = True
+            return
+        from_dense, from_bm25 = set(d_list) if use_dense else set(), set(b_list) if use_bm25 else set()
         pos = [pool_pos[r] for r in q.positives]
         pos_set, pos_norm = set(pos), {norm[p] for p in pos}
         qv = q_emb[i]
-        pos_scores = p_emb[pos] @ qv
+        pos_vecs = custom_emb[i][None, :] if i in custom_emb else p_emb[pos]
+        if q.positive_text is not None:
+            pos_norm = {normalized(q.positive_text)}
+        pos_scores = pos_vecs @ qv
         cand = np.asarray(order, dtype=np.int64)
         cand_scores = (p_emb[cand] @ qv) if len(cand) else np.zeros(0)
-        dup_sim = (p_emb[cand] @ p_emb[pos].T).max(axis=1) if len(cand) else np.zeros(0)
+        dup_sim = (p_emb[cand] @ pos_vecs.T).max(axis=1) if len(cand) else np.zeros(0)
         dup_at = {int(c): float(s) for c, s in zip(cand, dup_sim)}
 
         def reject(c: int) -> str | None:
@@ -455,7 +611,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         for i, found in zip(batch, candidates(batch, depth)):
             mine(i, found)
         ctx.report(f"mine: {min(start + 1024, len(train))}/{len(train)} queries", 0.6 + 0.3 * start / len(train))
-    short = [i for i in everyone if len(train[i].negatives) < k]
+    short = [i for i in everyone if len(train[i].negatives) < k and not train[i].round_trip_dropped]
     wide = min(len(pool), mc.candidates * WIDEN_FACTOR)
     widened = short if wide > depth else []
     for start in range(0, len(widened), 256):
@@ -470,7 +626,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     queries_short = rows_short = 0
     found_hist: Counter = Counter()
     pos_for_stats, neg_for_stats, gaps = [], [], []
+    round_trip_dropped: Counter = Counter()
     for q in train:
+        if q.round_trip_dropped:
+            round_trip_dropped[q.type] += 1
+            continue
         found_hist[len(q.negatives)] += 1
         if len(q.negatives) < k:
             queries_short += 1
@@ -481,7 +641,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         gaps.append(min(q.positive_scores) - max(q.negative_scores))
         for p, ps in zip(q.positives, q.positive_scores):
             cols["anchor"].append(q.text)
-            cols["positive"].append(passages[pool_pos[p]])
+            cols["positive"].append(q.positive_text if q.positive_text is not None else passages[pool_pos[p]])
             for j, c in enumerate(q.negatives):
                 cols[f"negative_{j + 1}"].append(passages[c])
             meta["query_id"].append(q.query_id)
@@ -510,7 +670,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "chunks": {"total": len(chunk_ids), "train_pool": len(pool)},
         "queries": {"input": len(queries_ds), "train": len(train), "test": len(test),
                     "dropped": dict(sorted(dropped.items())), "widened": len(widened),
-                    "short": queries_short},
+                    "short": queries_short, "round_trip_dropped": sum(round_trip_dropped.values()),
+                    "by_type": dict(sorted(Counter(q.type for q in train).items()))},
+        "round_trip": {"mode": mc.round_trip, "k": mc.round_trip_k,
+                       "checked": sum(1 for q in train if _is_generated(q)) if mc.round_trip != "off" else 0,
+                       "dropped": sum(round_trip_dropped.values())},
+        "corpus_pairs": {"method": mc.corpus_pairs, "asked": n_pairs,
+                         "made": sum(1 for q in train if q.type.startswith(CORPUS_TYPE))},
+        "real_queries": real["stats"],
         "rows": {"train": rows, "dropped_short": rows_short, "test_qrels": n_qrels},
         "negatives_found_per_query": {str(n): found_hist[n] for n in range(k + 1)},
         "candidates_dropped": dict(sorted(filter_counts.items())),
@@ -539,16 +706,32 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "test_qrels": n_qrels, "candidates_dropped": dict(sorted(filter_counts.items())),
         "negatives_mean": round(sum(len(q.negatives) for q in train) / len(train), 3) if train else 0,
         "embedding_blocks_reused": p_reused + q_reused,
+        "queries_synthetic": n_synthetic, "queries_real_train": keep_real,
+        "queries_real_eval": real["stats"].get("eval", 0),
+        "round_trip_dropped": sum(round_trip_dropped.values()),
+        "corpus_pairs": sum(1 for q in train if q.type.startswith(CORPUS_TYPE)),
     }
+
+
+def _inputs(cfg: Config) -> dict[str, str]:
+    """Your query file's fingerprint (a changed file re-runs the stage)."""
+    src = cfg.queries.source
+    if not src or src.startswith(("hub:", "data:")):
+        return {}
+    path = Path(src).expanduser()
+    return {"queries": fingerprint(path)} if path.exists() else {}
 
 
 STAGE = Stage(
     name="mine",
     run=run,
     sections=("run.seed", "model.name", "model.max_seq_length", "model.query_prompt", "model.passage_prompt",
-              "mine"),
-    reads=(Input("ingest", "chunks"), Input("generate", "queries")),
+              "mine", "queries"),
+    reads=(Input("ingest", "chunks"), Input("generate", "queries", optional=True),
+           Input("ingest", "documents", optional=True)),
     writes=("train", "train_meta", "split", "test_beir", "stats.json", "scores_hist.png"),
+    may_write=("real_beir",),
+    external=_inputs,
     version="1",
     help="Split by document, mine hard negatives (BM25 + dense, false-negative guard), write training rows.",
 )

@@ -36,6 +36,15 @@ def chain(to: str) -> list[Stage]:
     return [STAGES[n] for n in STAGE_NAMES[: STAGE_NAMES.index(to) + 1]]
 
 
+def not_needed(stage: Stage, cfg: Config) -> str | None:
+    """Why a stage of the chain is skipped by ``run`` (None: it runs). Generation is skipped when training
+    takes only your own queries (``queries.ratio: 1``)."""
+    q = cfg.queries
+    if stage.name == "generate" and q.source and q.ratio == 1 and q.use != "eval":
+        return "queries.ratio=1: training uses only your own queries (queries.source)"
+    return None
+
+
 def run_pipeline(
     cfg: Config,
     *,
@@ -55,6 +64,10 @@ def run_pipeline(
             for stage in stages:
                 # --force re-runs only the stage named, not its finished upstream.
                 is_target = stage.name == (only or to or stages[-1].name)
+                why = None if only else not_needed(stage, cfg)
+                if why:
+                    get_logger().info("stage %s: not needed (%s)", stage.name, why)
+                    continue
                 outcomes.append(run_stage(stage, cfg, run_dir, force=force and is_target, progress=progress))
         finally:
             get_logger().removeHandler(handler)

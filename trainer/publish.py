@@ -67,6 +67,62 @@ _MODEL_SKIP = {"README.md", "training_args.json", "train_log.json"}
 T = TypeVar("T")
 
 
+# ------------------------------------------------------------------------------- never below base
+
+
+@dataclass(frozen=True)
+class RegressionVerdict:
+    """The regression guard's verdict on a run, shown before publishing (the Space) and enforced by the stage.
+
+    ``ok``: nothing stands in the way (no task below base beyond the tolerance, or no evaluation at all, which
+    the card then says); ``status``: improved | no_regression | regression | not_evaluated; ``regressions``:
+    (task, delta) of each task below base - tolerance; ``text``: one line for a person.
+    """
+
+    ok: bool
+    status: str
+    text: str
+    regressions: tuple[tuple[str, float], ...] = ()
+    tolerance: float = 0.0
+
+
+def verdict_of_report(report: dict[str, Any] | None, tolerance: float) -> RegressionVerdict:
+    """The guard's verdict on an evaluation report (``evaluate/report.json``), its rows re-read with ``tolerance``
+    (score units: 0.003 = 0.3 nDCG@10 points)."""
+    from hub_cards.model import eval_rows
+
+    rows = [r for r in eval_rows(report) if r["delta"] is not None]
+    pts = lambda x: f"{100 * x:+.2f}"  # noqa: E731 - points, as the benchmarks report them
+    if not rows:
+        return RegressionVerdict(True, "not_evaluated", "Not evaluated: the card will say so and claim nothing "
+                                 "(run `python -m trainer evaluate` first to compare it with its base model).",
+                                 tolerance=tolerance)
+    bad = tuple((r["task"], r["delta"]) for r in rows if r["delta"] < -tolerance)
+    near = [f"{r['task']} {pts(r['delta'])}" for r in rows if -tolerance <= r["delta"] < 0]
+    within = f"; within the tolerance: {', '.join(near)}" if near else ""
+    tol = f"tolerance {100 * tolerance:.2f} points"
+    if bad:
+        return RegressionVerdict(False, "regression", "Worse than the base model on " + ", ".join(
+            f"{t} ({pts(d)} points)" for t, d in bad) + f" ({tol}). Publishing needs publish.allow_regression=true "
+            "(the card then says so).", bad, tolerance)
+    better = [r for r in rows if r["delta"] > tolerance]
+    status = "improved" if len(better) == len(rows) else "no_regression"
+    return RegressionVerdict(True, status, f"Never below the base model on {len(rows)} compared task(s), better on "
+                             f"{len(better)} ({tol}{within}).", (), tolerance)
+
+
+def regression_verdict(run_dir: str | Path, tolerance: float | None = None) -> RegressionVerdict:
+    """The verdict on a run directory's evaluation (``<run>/stages/evaluate/report.json``), e.g. for the Space to
+    show before publishing. ``tolerance``: default the report's own (``evaluate.regression_tolerance``)."""
+    from trainer.rundir import RunDir
+
+    rd = RunDir(run_dir)
+    path = rd.stage_dir("evaluate") / "report.json"
+    report = _read_json(path) if rd.is_complete("evaluate") else None
+    tol = tolerance if tolerance is not None else float((report or {}).get("regression_tolerance") or 0.0)
+    return verdict_of_report(report, tol)
+
+
 # ----------------------------------------------------------------------------------- repo naming
 
 
@@ -451,11 +507,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
     manifests = {n: ctx.manifest(n) for n in ("generate", "mine", "train")}
     report_file = ctx.input("evaluate", "report.json")
     report = _read_json(report_file) if report_file else None
+    guard = verdict_of_report(report, cfg.evaluate.regression_tolerance)
+    if not guard.ok and not p.allow_regression:
+        raise StageError(f"publish: nothing was pushed. {guard.text}")
+    if report is not None:  # the card says what the guard says, with the same tolerance
+        report = {**report, "regression_tolerance": guard.tolerance, "no_regressions": guard.ok,
+                  "regressions": [{"task": t, "delta": d} for t, d in guard.regressions],
+                  "published_despite_regression": not guard.ok}
+        report.pop("improved_everywhere", None)
     status, regressed = verdict(report)
     if status == "not_evaluated":
         log.warning("publish: no evaluation report; the model card will say the model was not evaluated")
     elif status == "regression":
-        log.warning("publish: the evaluation found regressions (%s); the card says so", ", ".join(regressed))
+        log.warning("publish: the evaluation found regressions (%s); publishing anyway (publish.allow_regression); "
+                    "the card says so", ", ".join(regressed))
 
     plans: list[_Plan] = []
     built: dict[str, Any] = {}
@@ -580,6 +645,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "model_revision": revision,
         "evaluation": status,
         "regressions": regressed,
+        "published_despite_regression": not guard.ok,
         "onnx_files": onnx_files,
         "dataset_rows": {k: v["rows"] for k, v in built.items()},
         "submission_tasks": sub["tasks"],
