@@ -3,7 +3,7 @@ own path (``queries:`` in the config, read by the mine stage), with the mine and
 configs/e2e-cpu.yaml. Never the product's result: a user without real queries cannot get it.
 
     python benchmarks/ceiling.py                       # dev half + SciFact test (mteb)
-    python benchmarks/ceiling.py --dev-only --label ep2 --set train.epochs=2   # a recipe lever, dev half only
+    python benchmarks/ceiling.py --dev-only --label ep2 --reuse runs/ceiling-scifact-default --set train.epochs=2
 
 SciFact's qrels/train.tsv claims (809; the 2 whose text is also a SciFact test claim, with the same
 judged abstract, are left out: the mine stage's leakage guard refuses them) are written to a jsonl file
@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.e2e import _commit, _mteb_scores
+from benchmarks.e2e import _commit, _mteb_scores, reuse_generation
 from trainer.config import load_config
 from trainer.paths import data_dir
 from trainer.pipeline import output_path, run_pipeline
@@ -59,10 +59,14 @@ def main() -> None:
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--dev-only", action="store_true", help="score the dev half only (no mteb test run)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--reuse", metavar="RUN", default=None, help="copy ingest and mine from this run dir (a training "
+                    "lever then costs its training and evaluation)")
     args = ap.parse_args()
 
     folder = Path(args.task).resolve()
     run_dir = Path(args.run_dir or ROOT / "runs" / f"ceiling-{folder.name}-{args.label}")
+    if args.reuse:
+        print(f"reused from {args.reuse}: {', '.join(reuse_generation(Path(args.reuse).resolve(), run_dir)) or '-'}")
     claims, left_out = training_claims(folder)
     source = run_dir.parent / f"ceiling-{folder.name}-train-claims.jsonl"
     source.parent.mkdir(parents=True, exist_ok=True)
