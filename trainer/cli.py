@@ -17,6 +17,7 @@ import textwrap
 from trainer.config import Config, explain, load_config
 from trainer.errors import TrainerError, disk_error
 from trainer.logs import redact, setup_console
+from trainer.progress import ConsoleBar
 from trainer.rundir import RunDir
 
 EPILOG = """\
@@ -121,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_console(args.verbose)
+    console = setup_console(args.verbose)
+    bar = ConsoleBar(sys.stderr)  # one progress line: redrawn on a terminal, every ~10 s in a log file
+    console.addFilter(lambda record: bar.clear() or True)  # a log record never lands inside the bar
     signal.signal(signal.SIGTERM, _interrupt)  # clean up (servers, locks) as on Ctrl-C
     try:
         if args.command == "config" and args.explain and args.markdown:
@@ -146,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{'':10s} reads  {', '.join(c['reads']) or '-'}")
                     print(f"{'':10s} writes {', '.join(c['writes'] + [f'{w} (if any)' for w in c['may_write']])}")
             return 0
-        if args.command == "run":
-            outcomes = run_pipeline(cfg, to=args.to, force=args.force)
-        else:
-            outcomes = run_pipeline(cfg, only=args.command, force=args.force)
+        try:
+            if args.command == "run":
+                outcomes = run_pipeline(cfg, to=args.to, force=args.force, progress_sinks=(bar,))
+            else:
+                outcomes = run_pipeline(cfg, only=args.command, force=args.force, progress_sinks=(bar,))
+        finally:
+            bar.clear()
         for o in outcomes:
             print(f"{o.stage}: {o.action} -> {RunDir(cfg.run.dir).stage_dir(o.stage)}  "
                   f"{json.dumps(o.manifest.get('counts', {}), default=str)}")
