@@ -22,7 +22,6 @@ from typing import Any
 
 import gradio as gr
 
-from spaces.downloads import downloads, pushed_links
 from spaces.sessions import (
     ANON_PREFIX,
     anon_ttl_s,
@@ -32,6 +31,7 @@ from spaces.sessions import (
     owner_key,
     storage_root,
 )
+from trainer.artifacts import artifacts, build, pushed_links
 from trainer.config import QUERY_TYPES, Config, load_config
 from trainer.domain_ranking import domains_table, plot_domains
 from trainer.domains import DOMAINS, SUBCATEGORIES
@@ -41,6 +41,7 @@ from trainer.logs import redact
 from trainer.paths import data_dir
 from trainer.pipeline import STAGE_NAMES, STAGES, chain, output_path
 from trainer.pipeline import status as stage_status
+from trainer.presets import PRESETS, estimate, presets_for
 from trainer.progress import PROGRESS_FILE, format_bar, read_progress
 from trainer.rundir import RunDir, stage_identity
 
@@ -106,9 +107,10 @@ def _check_advanced(lines: list[str]) -> None:
             raise TrainerError(f"{key}: settings that name server folders are not available on the Space")
 
 
-def config_from(values: dict[str, Any], run_dir: str | Path) -> Config:
+def config_from(values: dict[str, Any], run_dir: str | Path, preset: str | None = None) -> Config:
     """The pipeline config the UI's fields describe (the same config the CLI and YAML produce), run in
-    ``run_dir``. Uploaded files are copied to ``<run>/uploads`` and used as the corpus."""
+    ``run_dir``. Uploaded files are copied to ``<run>/uploads`` and used as the corpus. A ``preset``
+    (``trainer.presets``) overrides the form's fields; the Advanced box overrides both."""
     run_dir = Path(run_dir)
     source = (values.get("source") or "").strip()
     uploads = run_dir / UPLOADS
@@ -146,6 +148,8 @@ def config_from(values: dict[str, Any], run_dir: str | Path) -> Config:
     # Advanced: any other setting, one section.key=value per line (as --set on the command line)
     advanced = [line.strip() for line in (values.get("advanced") or "").splitlines() if line.strip()]
     _check_advanced(advanced)
+    if preset:
+        o += [x for x in PRESETS[preset].overrides if not x.startswith(_LOCKED)]
     return load_config(None, o + advanced)
 
 
@@ -262,7 +266,7 @@ class SpaceApp:
             return None
 
     def start(self, stage: str, session: str, pending: str, profile: gr.OAuthProfile | None,
-              token: gr.OAuthToken | None, values: dict[str, Any]) -> tuple[str, str]:
+              token: gr.OAuthToken | None, values: dict[str, Any], preset: str | None = None) -> tuple[str, str]:
         """Start (or queue) the visitor's job up to ``stage``; returns (message, pending confirmation).
         A click that would redo finished work with other settings returns what changed and runs only when
         pressed again with the same settings."""
@@ -272,7 +276,7 @@ class SpaceApp:
             run_dir = self.run_dir(owner)
             only = False
             current = self.job_config(owner)
-            if stage == "publish" and current is not None and RunDir(run_dir).is_complete("train"):
+            if stage == "publish" and not preset and current is not None and RunDir(run_dir).is_complete("train"):
                 # publish what was trained: the finished run's settings, the Publish tab's fields
                 over = [f"publish.private={bool(values['private'])}"]
                 if values.get("repo_name"):
@@ -280,7 +284,7 @@ class SpaceApp:
                 cfg = load_config(run_dir / "job-config.yaml", over)
                 only = True
             else:
-                cfg = config_from(values, run_dir)
+                cfg = config_from(values, run_dir, preset)
             owner_ns = values.get("owner") or (profile.username if profile is not None else None)
             if owner_ns:
                 cfg.publish.owner = owner_ns
@@ -290,7 +294,8 @@ class SpaceApp:
                 if pending != sig:
                     return ("**These settings differ from your finished run**, so this would redo finished work "
                             "(the earlier output is kept in the run's archive):\n\n- " + "\n- ".join(changes)
-                            + f"\n\nPress **Run: {stage}** again to re-run, or **Keep the finished run** "
+                            + f"\n\nPress **{'Run all' if preset else 'Run: ' + stage}** again to re-run, or "
+                            "**Keep the finished run** "
                             "to change nothing.", sig)
             env = {cfg.publish.token_env: token.token} if token is not None else None
             job = self.pool.submit(owner, cfg, stage, env, only=only)
@@ -335,25 +340,18 @@ class SpaceApp:
             return f"Job up to **{job.to}**: **queued** ({_ordinal(pos)} in line; it starts when a slot frees)"
         head = f"Job up to **{job.to}**: **{job.status}**"
         if job.status == "failed":
-            reason = _failure(self.pool.manager(owner).log_tail(200))
+            cfg = self.job_config(owner)
+            failed = [state for _, state in stage_status(cfg) if state.startswith("failed:")] if cfg else []
+            reason = (failed[0].removeprefix("failed: ") if failed
+                      else _failure(self.pool.manager(owner).log_tail(200)))
             head += f": {for_visitor(reason, job.run_dir)}" if reason else " (see the log)"
         return head
 
-    def stages(self, owner: str, job: Job | None) -> list[list[str]]:
+    def stages(self, owner: str) -> list[list[str]]:
         cfg = self.job_config(owner)
         if cfg is None:
             return []
-        rows = []
-        for name, state in stage_status(cfg):
-            if state.startswith("failed or interrupted") and job is not None:
-                if job.status == "running" and (job.to == name or _manifest_status(cfg, name) == "running"):
-                    state = "running"
-                elif job.status == "failed":
-                    state = "failed (see the job line above)"
-                elif job.status == "cancelled":
-                    state = "cancelled (run it again to resume)"
-            rows.append([name, for_visitor(state, cfg.run.dir)])
-        return rows
+        return [[name, for_visitor(state, cfg.run.dir)] for name, state in stage_status(cfg)]
 
     def progress(self, owner: str, job: Job | None) -> str:
         if job is None or job.status != "running":
@@ -395,7 +393,7 @@ class SpaceApp:
     def published(self, owner: str) -> str:
         links = pushed_links(self.run_dir(owner))
         if links:
-            return "Pushed:\n" + "\n".join(f"- [{repo}]({url})" for repo, url in links)
+            return "Pushed:\n" + "\n".join(f"- [{label}]({url})" for label, url in links)
         if RunDir(self.run_dir(owner)).is_complete("publish"):
             return ("Nothing pushed (no token): the folders to push and PUSH.md are in **Downloads**. "
                     "Sign in with Hugging Face and run Publish again to push them.")
@@ -415,13 +413,12 @@ class SpaceApp:
         return pd.DataFrame(rows, columns=keys), plot, "Ranked by room for improvement (largest first)."
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
 def _ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
-
-
-def _manifest_status(cfg: Config, stage: str) -> str | None:
-    m = RunDir(cfg.run.dir).manifest(stage)
-    return m.get("status") if m else None
 
 
 def _failure(log: str) -> str:
@@ -487,6 +484,11 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             with gr.Row():
                 keep = gr.Button("Keep the finished run", size="sm", elem_id="keep", visible=False)
                 dismiss = gr.Button("Dismiss", size="sm", elem_id="dismiss")
+        with gr.Row(equal_height=True):
+            choices = [(p.label, p.name) for p in presets_for(detect_profile())] + [("The form's settings", "")]
+            preset = gr.Dropdown(choices, value=choices[0][1], label="Run all with", scale=2, elem_id="preset")
+            run_all = gr.Button("Run all", variant="primary", scale=1, elem_id="run-all")
+        preset_note = gr.Markdown("", elem_id="preset-note")
         inputs: dict[str, gr.components.Component] = {}
         with gr.Tab("1 Domain"):
             domains_btn = gr.Button("Rank the MTEB subcategories")
@@ -603,6 +605,28 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             btn.click(make_run(stage), [session, pending, *settings], [notice_box, notice, keep, pending, shown],
                       api_name=f"run_{stage}")
 
+        def run_everything(sess: str, pend: str, profile: gr.OAuthProfile | None, token: gr.OAuthToken | None,
+                           chosen: str, *values: Any) -> tuple[Any, ...]:
+            msg, sig = app.start("publish", sess, pend, profile, token, dict(zip(SETTINGS, values, strict=True)),
+                                 preset=chosen or None)
+            return gr.update(visible=True), msg, gr.update(visible=bool(sig)), sig, ""
+
+        run_all.click(run_everything, [session, pending, preset, *settings], [notice_box, notice, keep, pending, shown],
+                      api_name="run_all")
+
+        def explain_preset(chosen: str, sess: str, profile: gr.OAuthProfile | None, *values: Any) -> str:
+            try:
+                owner = app.owner(sess, profile)
+                cfg = config_from(dict(zip(SETTINGS, values, strict=True)), app.run_dir(owner), chosen or None)
+                est = estimate(cfg)
+            except TrainerError as exc:
+                return f"No estimate: {for_visitor(str(exc))}"
+            steps = " · ".join(f"{k} {_minutes(v)}" for k, v in est.seconds.items())
+            summary = PRESETS[chosen].summary + " " if chosen else ""
+            return f"{summary}**Estimated time: {_minutes(est.total_s)}** ({steps}); from the rates in BENCHMARKS.md."
+
+        preset.change(explain_preset, [preset, session, *settings], preset_note)
+
         def do_cancel(sess: str, profile: gr.OAuthProfile | None) -> tuple[Any, ...]:
             return gr.update(visible=True), app.cancel(sess, profile), gr.update(visible=False), "", ""
 
@@ -613,7 +637,8 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
 
         def prepare(sess: str, profile: gr.OAuthProfile | None) -> list[str]:
             try:
-                return [str(p) for p in downloads(app.run_dir(app.owner(sess, profile)))]
+                run = app.run_dir(app.owner(sess, profile))
+                return [str(build(run, a.name)) for a in artifacts(run)]
             except TrainerError:
                 return []
 
@@ -636,7 +661,7 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             report, plots = app.evaluation(owner)
             log_text = for_visitor(app.pool.manager(owner).log_tail(30), run) if job else ""
             return (app.identity(sess, profile, on_space), app.job_line(owner, job), app.progress(owner, job),
-                    log_text, app.stages(owner, job), app.counts(owner, "ingest"), app.counts(owner, "generate"),
+                    log_text, app.stages(owner), app.counts(owner, "ingest"), app.counts(owner, "generate"),
                     app.sample_queries(owner), app.counts(owner, "mine"), app.counts(owner, "train"), report, plots,
                     app.counts(owner, "publish"), app.published(owner), gr.Timer(2.0 if active else 10.0), sig)
 
@@ -653,6 +678,6 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             return (sess, sess, *updates, app.identity(sess, profile, on_space), "")
 
         demo.load(on_load, [store], [store, session, *settings, identity, shown]).then(
-            refresh, [session, shown], outputs)
+            refresh, [session, shown], outputs).then(explain_preset, [preset, session, *settings], preset_note)
     demo.space_app = app  # type: ignore[attr-defined]  (tests and app.py reach the pool through it)
     return demo

@@ -175,7 +175,7 @@ def test_a_signed_in_job_pushes_with_the_login_token_to_the_users_namespace(tmp_
         assert hub.repo("alice/minilm-medical-test").private
         assert f"Bearer {token}" in hub.auth_headers
         assert not any("TheSpaceSecret" in h for h in hub.auth_headers)
-        assert "[alice/minilm-medical-test](" in app.published("user-alice")
+        assert "alice/minilm-medical-test](" in app.published("user-alice")
         for f in run_dir.rglob("*"):
             if f.is_file():
                 assert token.encode() not in f.read_bytes(), f
@@ -245,6 +245,31 @@ def test_the_app_starts_on_a_space_with_oauth(tmp_path):
     assert where.startswith(url + "/oauth/authorize") and "manage-repos" in where, where
     code, button, where = _start_app(tmp_path, {"SPACE_ID": "tester/domain-embed"})
     assert not button  # no sign-in to offer (gradio's local mock needs a Hub login); the page served
+
+
+def test_a_downloaded_model_zip_loads_with_sentence_transformers(served, tmp_path):
+    import zipfile
+
+    from gradio_client import Client
+    from sentence_transformers import SentenceTransformer
+
+    from tests.publish_fixtures import build_run
+
+    demo, root = served
+    session = "d" * 32
+    run_dir = demo.space_app.run_dir("anon-" + session)
+    cfg = build_run(run_dir)
+    (run_dir / "job-config.yaml").write_text(cfg.to_yaml())
+    files = Client(demo.local_url, verbose=False).predict(session, api_name="/downloads")
+    names = {Path(f).name for f in files}
+    assert {"model.zip", "report.json"} <= names, names
+    with zipfile.ZipFile(next(f for f in files if Path(f).name == "model.zip")) as z:
+        z.extractall(tmp_path / "dl")
+    folder = next(p.parent for p in (tmp_path / "dl").rglob("modules.json"))
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    assert model.encode(["a query"]).shape == (1, 384)
+    other = Client(demo.local_url, verbose=False).predict("e" * 32, api_name="/downloads")
+    assert not other  # another session gets nothing of this run
 
 
 def test_front_matter_asks_for_the_scopes_publishing_needs():
