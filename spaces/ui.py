@@ -631,8 +631,11 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             return gr.update(visible=True), app.cancel(sess, profile), gr.update(visible=False), "", ""
 
         cancel.click(do_cancel, [session], [notice_box, notice, keep, pending, shown], api_name="cancel")
-        dismiss.click(lambda: (gr.update(visible=False), "", ""), None, [notice_box, notice, pending])
-        keep.click(lambda: (gr.update(visible=False), "", ""), None, [notice_box, notice, pending])
+        def close_notice() -> tuple[Any, ...]:
+            return gr.update(visible=False), "", "", gr.update(visible=False)
+
+        dismiss.click(close_notice, None, [notice_box, notice, pending, keep])
+        keep.click(close_notice, None, [notice_box, notice, pending, keep])
         domains_btn.click(app.domains, None, [domains_view, domains_plot, domains_note], api_name="domains")
 
         def prepare(sess: str, profile: gr.OAuthProfile | None) -> list[str]:

@@ -255,7 +255,7 @@ def test_a_downloaded_model_zip_loads_with_sentence_transformers(served, tmp_pat
 
     from tests.publish_fixtures import build_run
 
-    demo, root = served
+    demo, _ = served
     session = "d" * 32
     run_dir = demo.space_app.run_dir("anon-" + session)
     cfg = build_run(run_dir)
