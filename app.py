@@ -5,4 +5,5 @@ from spaces.ui import build_demo
 demo = build_demo()
 
 if __name__ == "__main__":
-    demo.queue(default_concurrency_limit=1).launch()
+    # several visitors poll and click at once; the job pool caps the pipeline jobs themselves
+    demo.queue(default_concurrency_limit=8).launch()

@@ -1,37 +1,66 @@
-"""The Space's UI. It holds no pipeline logic: every button builds a config and starts a background
-job (``trainer.jobs``) that runs ``python -m trainer run --to STAGE``; a timer polls the job.
+"""The Space's UI. It holds no pipeline logic: every button builds a config and hands a job to the job
+pool (``trainer.jobs.JobPool``), which runs ``python -m trainer run --to STAGE``; a timer polls the job.
 
-Steps: Domain -> Data -> Generate -> Mine -> Train -> Evaluate -> Publish & Export. A reload re-attaches
-to the running job; one job at a time; Cancel stops it cleanly (the run stays resumable).
+Each visitor (a signed-in Hugging Face user, or an anonymous browser session) has their own run folder and
+job (``spaces.sessions``); nobody sees, cancels or publishes another's. A reload fills the form from the
+session's job config and re-attaches to its job. A click that would re-run a finished stage with other
+settings says what changed and asks first.
+
+Steps: Domain -> Data -> Generate -> Mine -> Train -> Evaluate -> Publish & Export (+ Downloads).
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
+import html
+import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from trainer.config import QUERY_TYPES, load_config
+from spaces.sessions import (
+    ANON_PREFIX,
+    anon_ttl_s,
+    for_visitor,
+    max_jobs,
+    new_session_id,
+    owner_key,
+    storage_root,
+)
+from trainer.artifacts import artifacts, build, pushed_links
+from trainer.config import QUERY_TYPES, Config, load_config
 from trainer.domain_ranking import domains_table, plot_domains
 from trainer.domains import DOMAINS, SUBCATEGORIES
-from trainer.errors import TrainerError
-from trainer.jobs import JobManager
+from trainer.errors import StageError, TrainerError
+from trainer.jobs import Job, JobPool
 from trainer.logs import redact
 from trainer.paths import data_dir
-from trainer.pipeline import output_path
+from trainer.pipeline import STAGE_NAMES, STAGES, chain, output_path
 from trainer.pipeline import status as stage_status
-from trainer.rundir import RunDir
+from trainer.presets import PRESETS, estimate, presets_for
+from trainer.progress import PROGRESS_FILE, format_bar, read_progress
+from trainer.rundir import RunDir, stage_identity
 
 DUPLICATE_HELP = (
     "**Run it on a GPU:** this Space runs on free CPU hardware, where only small runs finish quickly. "
     "Use *Duplicate this Space* (top-right menu), pick GPU hardware (a T4 is enough for MiniLM-size models), "
-    "and add your Hub token as the secret `HF_TOKEN` (write access) to publish. The Train step detects the "
-    "hardware and picks the matching profile (cpu / t4 / a100)."
+    "and either sign in with Hugging Face or add your Hub token as the secret `HF_TOKEN` (write access) to "
+    "publish. The Train step detects the hardware and picks the matching profile (cpu / t4 / a100)."
 )
+
+# Off a Space there is no sign-in: gradio warns on every event that declares gr.OAuthProfile; None is right.
+warnings.filterwarnings("ignore", message="Empty session being created")
+
+CSS = """
+#eval-report table { table-layout: auto; width: 100%; display: block; overflow-x: auto; }
+#eval-report th, #eval-report td { white-space: nowrap; padding: 2px 8px; }
+.de-bar { background: #e5e7eb; border-radius: 6px; height: 14px; overflow: hidden; }
+.de-bar > div { background: #4f46e5; height: 100%; }
+"""
 
 
 def detect_profile() -> str:
@@ -57,22 +86,46 @@ def default_corpus(domain: str) -> str:
 
 # Every run button sends these settings, in this order.
 SETTINGS = (
-    "domain", "source", "uploads", "run_dir", "endpoint", "endpoint_model", "generator", "questions_per_chunk",
+    "domain", "source", "uploads", "endpoint", "endpoint_model", "generator", "questions_per_chunk",
     "query_types", "sample_documents", "mine_mode", "num_negatives", "margin", "profile", "epochs", "lr", "owner",
     "repo_name", "private", "onnx", "advanced",
 )
+UPLOADS = "uploads"  # the Corpus box's name for the session's uploaded files
+SOURCE_PREFIXES = ("hub:", "builtin:", "data:")
+# Settings a visitor may not change from the Advanced box: where runs live and which secret is sent where.
+_LOCKED = ("run.", "ingest.source")
 
 
-def config_from(values: dict[str, Any]):
-    """The pipeline config the UI's fields describe (the same config the CLI and YAML produce)."""
-    run_dir = values["run_dir"] or "runs/space"
-    source = values["source"]
+def _check_advanced(lines: list[str]) -> None:
+    for line in lines:
+        key, _, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if key.startswith(_LOCKED) or key.endswith("token_env"):
+            raise TrainerError(f"{key} cannot be changed on the Space (the Corpus box sets the corpus; each "
+                               "visitor's run folder and token are fixed)")
+        if value.startswith(("/", "~")) or ".." in value:
+            raise TrainerError(f"{key}: settings that name server folders are not available on the Space")
+
+
+def config_from(values: dict[str, Any], run_dir: str | Path, preset: str | None = None) -> Config:
+    """The pipeline config the UI's fields describe (the same config the CLI and YAML produce), run in
+    ``run_dir``. Uploaded files are copied to ``<run>/uploads`` and used as the corpus. A ``preset``
+    (``trainer.presets``) overrides the form's fields; the Advanced box overrides both."""
+    run_dir = Path(run_dir)
+    source = (values.get("source") or "").strip()
+    uploads = run_dir / UPLOADS
     if values.get("uploads"):
-        target = Path(run_dir) / "uploads"
-        target.mkdir(parents=True, exist_ok=True)
+        uploads.mkdir(parents=True, exist_ok=True)
         for f in values["uploads"]:
-            shutil.copy2(f, target / Path(f).name)
-        source = str(target)
+            shutil.copy2(f, uploads / Path(f).name)
+        source = UPLOADS
+    if source == UPLOADS:
+        if not uploads.is_dir() or not any(uploads.iterdir()):
+            raise TrainerError("no uploaded files: add files on the Data tab, or name a corpus in the Corpus box")
+        source = str(uploads)
+    elif not source.startswith(SOURCE_PREFIXES):
+        raise TrainerError(f"corpus {source!r}: on the Space, use hub:<dataset id>, builtin:python-docs, "
+                           "data:<name>, or upload files on the Data tab")
     o = [f"domain={values['domain']}", f"run.dir={run_dir}", f"ingest.source={source}",
          f"generate.questions_per_chunk={int(values['questions_per_chunk'])}",
          f"mine.mode={values['mine_mode']}", f"mine.num_negatives={int(values['num_negatives'])}",
@@ -93,64 +146,235 @@ def config_from(values: dict[str, Any]):
     if values.get("repo_name"):
         o.append(f"publish.name={values['repo_name']}")
     # Advanced: any other setting, one section.key=value per line (as --set on the command line)
-    o += [line.strip() for line in (values.get("advanced") or "").splitlines() if line.strip()]
-    return load_config(None, o)
+    advanced = [line.strip() for line in (values.get("advanced") or "").splitlines() if line.strip()]
+    _check_advanced(advanced)
+    if preset:
+        o += [x for x in PRESETS[preset].overrides if not x.startswith(_LOCKED)]
+    return load_config(None, o + advanced)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def values_from_config(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
+    """The form's fields for a config (the inverse of :func:`config_from`); settings the form has no field
+    for go to the Advanced box."""
+    src = cfg.ingest.source or ""
+    values: dict[str, Any] = {
+        "domain": cfg.domain, "source": UPLOADS if src == str(Path(run_dir) / UPLOADS) else src, "uploads": None,
+        "endpoint": cfg.generate.endpoint or "", "endpoint_model": cfg.generate.model,
+        "generator": cfg.generate.generator, "questions_per_chunk": cfg.generate.questions_per_chunk,
+        "query_types": list(cfg.generate.query_types or QUERY_TYPES),
+        "sample_documents": cfg.generate.sample_documents or 0, "mine_mode": cfg.mine.mode,
+        "num_negatives": cfg.mine.num_negatives, "margin": cfg.mine.margin, "profile": cfg.train.profile,
+        "epochs": cfg.train.epochs, "lr": cfg.train.lr, "owner": cfg.publish.owner or "",
+        "repo_name": cfg.publish.name or "", "private": cfg.publish.private, "onnx": cfg.export.onnx,
+        "advanced": "",
+    }
+    try:
+        base = _flat(config_from(values, run_dir).model_dump())
+    except TrainerError:
+        return values
+    lines = []
+    for key, value in _flat(cfg.model_dump()).items():
+        if base.get(key) != value and not key.startswith(_LOCKED):
+            text = value if isinstance(value, str) else json.dumps(value)
+            lines.append(f"{key}={text}")
+    values["advanced"] = "\n".join(lines)
+    return values
+
+
+def rerun_changes(cfg: Config, to: str, only: bool = False) -> list[str]:
+    """What a job up to ``to`` would redo of the finished work in ``cfg.run.dir`` because settings differ:
+    one line per finished stage whose settings changed, then the finished stages after it (they run again
+    on the new output). Empty: nothing finished would be archived."""
+    run_dir = RunDir(cfg.run.dir)
+    lines: list[str] = []
+    after: list[str] = []
+    for stage in [STAGES[to]] if only else chain(to):
+        m = run_dir.manifest(stage.name)
+        if not m or m.get("status") != "complete":
+            continue
+        try:
+            ident = stage_identity(stage, cfg, run_dir)
+        except StageError:
+            continue
+        if ident["key"] == m.get("key"):
+            if lines:
+                after.append(stage.name)
+            continue
+        old = m.get("identity") or {}
+        old_cfg, new_cfg = _flat(old.get("config") or {}), _flat(ident["config"])
+        diff = [f"{k}: {old_cfg.get(k)!r} → {new_cfg.get(k)!r}" for k in sorted(set(old_cfg) | set(new_cfg))
+                if old_cfg.get(k) != new_cfg.get(k)]
+        if old.get("inputs") != ident["inputs"]:
+            diff.append("its input files changed")
+        if old.get("version") != ident["version"]:
+            diff.append("a newer version of the stage")
+        lines.append(f"**{stage.name}**: " + ("; ".join(diff) if diff else "its input changed"))
+    if after:
+        lines.append(f"then the finished {', '.join(after)} run again on the new output")
+    return lines
 
 
 class SpaceApp:
-    def __init__(self, run_root: str = "runs/space", state_dir: str | None = None):
-        self.run_root = run_root
-        self.jobs = JobManager(state_dir or os.environ.get("DOMAIN_EMBED_SPACE_STATE", "runs/.space"))
+    """The Space's actions, per visitor. ``root``: where owners' folders live (default: see
+    ``spaces.sessions.storage_root``)."""
+
+    def __init__(self, root: str | Path | None = None, max_running: int | None = None, scheduler: bool = True):
+        self.root = Path(root) if root else storage_root()
+        self.pool = JobPool(self.root, max_running or max_jobs())
+        if scheduler:
+            self.pool.start_scheduler(clean=(ANON_PREFIX, anon_ttl_s()))
+
+    # --- who -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def owner(session: str | None, profile: gr.OAuthProfile | None) -> str:
+        key = owner_key(profile.username if profile is not None else None, session)
+        if key is None:
+            raise TrainerError("this page has no session yet: reload it")
+        return key
+
+    def run_dir(self, owner: str) -> Path:
+        return self.pool.owner_dir(owner) / "run"
+
+    def identity(self, session: str | None, profile: gr.OAuthProfile | None, on_space: bool) -> str:
+        if profile is not None:
+            return (f"Signed in as **{profile.username}**: pushes go to **{profile.username}/...** "
+                    "(or the owner you name on the Publish tab). Your runs are yours alone.")
+        if os.environ.get("HF_TOKEN"):
+            return ("Not signed in: pushes use this Space's `HF_TOKEN` secret (its user's namespace). "
+                    "Your runs belong to this browser.")
+        hint = "sign in with Hugging Face to publish" if on_space else "set HF_TOKEN to publish"
+        return f"Anonymous session: your runs belong to this browser (kept {anon_ttl_s() / 3600:g} h); {hint}."
 
     # --- actions -------------------------------------------------------------------------------
 
-    def start(self, stage: str, *args, oauth_token: gr.OAuthToken | None = None) -> str:
-        values = dict(zip(SETTINGS, args, strict=True))
+    def job_config(self, owner: str) -> Config | None:
+        path = self.run_dir(owner) / "job-config.yaml"
         try:
-            cfg = config_from(values)
-            env = {cfg.publish.token_env: oauth_token.token} if oauth_token is not None else None
-            job = self.jobs.start(cfg, stage, env=env)
-        except TrainerError as exc:
-            return f"**Not started:** {redact(str(exc))}"
-        return f"Started: run up to **{stage}** in `{job.run_dir}` (pid {job.pid})."
+            return load_config(path) if path.is_file() else None
+        except TrainerError:
+            return None
 
-    def cancel(self) -> str:
-        job = self.jobs.cancel()
+    def start(self, stage: str, session: str, pending: str, profile: gr.OAuthProfile | None,
+              token: gr.OAuthToken | None, values: dict[str, Any], preset: str | None = None) -> tuple[str, str]:
+        """Start (or queue) the visitor's job up to ``stage``; returns (message, pending confirmation).
+        A click that would redo finished work with other settings returns what changed and runs only when
+        pressed again with the same settings."""
+        run_dir = None
+        try:
+            owner = self.owner(session, profile)
+            run_dir = self.run_dir(owner)
+            only = False
+            current = self.job_config(owner)
+            if stage == "publish" and not preset and current is not None and RunDir(run_dir).is_complete("train"):
+                # publish what was trained: the finished run's settings, the Publish tab's fields
+                over = [f"publish.private={bool(values['private'])}"]
+                if values.get("repo_name"):
+                    over.append(f"publish.name={values['repo_name']}")
+                cfg = load_config(run_dir / "job-config.yaml", over)
+                only = True
+            else:
+                cfg = config_from(values, run_dir, preset)
+            owner_ns = values.get("owner") or (profile.username if profile is not None else None)
+            if owner_ns:
+                cfg.publish.owner = owner_ns
+            changes = rerun_changes(cfg, stage, only)
+            if changes:
+                sig = hashlib.sha256(json.dumps([stage, changes]).encode()).hexdigest()[:16]
+                if pending != sig:
+                    return ("**These settings differ from your finished run**, so this would redo finished work "
+                            "(the earlier output is kept in the run's archive):\n\n- " + "\n- ".join(changes)
+                            + f"\n\nPress **{'Run all' if preset else 'Run: ' + stage}** again to re-run, or "
+                            "**Keep the finished run** "
+                            "to change nothing.", sig)
+            env = {cfg.publish.token_env: token.token} if token is not None else None
+            job = self.pool.submit(owner, cfg, stage, env, only=only)
+        except TrainerError as exc:
+            return f"**Not started:** {for_visitor(redact(str(exc)), run_dir or '')}", ""
+        if job.status == "queued":
+            return f"Queued: run up to **{stage}** ({_ordinal(self.pool.position(owner) or 1)} in line).", ""
+        return f"Started: run up to **{stage}**.", ""
+
+    def cancel(self, session: str, profile: gr.OAuthProfile | None) -> str:
+        try:
+            owner = self.owner(session, profile)
+        except TrainerError as exc:
+            return str(exc)
+        job = self.pool.cancel(owner)
         if job is None:
             return "No job."
-        return f"Job up to **{job.to}**: {job.status}. Re-run the same step to resume."
+        return f"Job up to **{job.to}**: {job.status}. Run the same step again to resume."
 
-    def status(self) -> tuple[str, str, list[list[str]]]:
-        job = self.jobs.current()
+    # --- what the page shows -------------------------------------------------------------------
+
+    def signature(self, owner: str) -> str:
+        """Changes whenever anything the page shows for this owner changes (cheap: a few stat calls)."""
+        odir = self.pool.owner_dir(owner)
+        run = odir / "run"
+        paths = [odir / "job.json", run / "job.log", run / PROGRESS_FILE, run / "job-config.yaml",
+                 *(run / "stages" / s / "manifest.json" for s in STAGE_NAMES)]
+        parts = [owner, str(self.pool.position(owner))]
+        for p in paths:
+            try:
+                st = p.stat()
+                parts.append(f"{st.st_mtime_ns}:{st.st_size}")
+            except OSError:
+                parts.append("-")
+        return hashlib.sha1("|".join(parts).encode()).hexdigest()
+
+    def job_line(self, owner: str, job: Job | None) -> str:
         if job is None:
-            return "No job yet: pick a step and press its Run button.", "", []
+            return "No job yet: pick a step and press its Run button (or **Run all**)."
+        if job.status == "queued":
+            pos = self.pool.position(owner) or 1
+            return f"Job up to **{job.to}**: **queued** ({_ordinal(pos)} in line; it starts when a slot frees)"
+        head = f"Job up to **{job.to}**: **{job.status}**"
+        if job.status == "failed":
+            cfg = self.job_config(owner)
+            failed = [state for _, state in stage_status(cfg) if state.startswith("failed:")] if cfg else []
+            reason = (failed[0].removeprefix("failed: ") if failed
+                      else _failure(self.pool.manager(owner).log_tail(200)))
+            head += f": {for_visitor(reason, job.run_dir)}" if reason else " (see the log)"
+        return head
 
-        rows = []
-        try:
-            cfg = load_config(Path(job.run_dir) / "job-config.yaml")
-            rows = [[name, state] for name, state in stage_status(cfg)]
-        except TrainerError:
-            pass
-        head = f"Job up to **{job.to}** in `{job.run_dir}`: **{job.status}**"
-        if job.returncode not in (None, 0):
-            head += f" (exit code {job.returncode}; see the log)"
-        return head, self.jobs.log_tail(30), rows
+    def stages(self, owner: str) -> list[list[str]]:
+        cfg = self.job_config(owner)
+        if cfg is None:
+            return []
+        return [[name, for_visitor(state, cfg.run.dir)] for name, state in stage_status(cfg)]
 
-    # --- results -------------------------------------------------------------------------------
+    def progress(self, owner: str, job: Job | None) -> str:
+        if job is None or job.status != "running":
+            return ""
+        p = read_progress(self.run_dir(owner))
+        if p is None or p.updated < job.started:
+            return "<div id='progress-text'>Starting…</div>"
+        frac = p.fraction or 0.0
+        text = html.escape(format_bar(p, width=0).replace("[]", "").replace("  ", " "))
+        if p.message:
+            text += " · " + html.escape(p.message)
+        return (f"<div class='de-bar' role='progressbar' aria-valuenow='{p.done:g}' aria-valuemax='{p.total or 0:g}'>"
+                f"<div style='width:{100 * frac:.1f}%'></div></div><div id='progress-text'>{text}</div>")
 
-    def _run_dir(self) -> Path:
-        job = self.jobs.current()
-        return Path(job.run_dir) if job else Path(self.run_root)
-
-    def counts(self, stage: str) -> dict[str, Any]:
-        m = RunDir(self._run_dir()).manifest(stage)
+    def counts(self, owner: str, stage: str) -> dict[str, Any]:
+        m = RunDir(self.run_dir(owner)).manifest(stage)
         if not m:
             return {}
         return {"status": m.get("status"), **(m.get("counts") or {})}
 
-    def sample_queries(self) -> list[list[Any]]:
-        path = output_path(self._run_dir(), "generate", "queries")
-        if not path.is_dir():
+    def sample_queries(self, owner: str) -> list[list[Any]]:
+        path = output_path(self.run_dir(owner), "generate", "queries")
+        if not path.is_dir() or not RunDir(self.run_dir(owner)).is_complete("generate"):
             return []
         import datasets
 
@@ -158,82 +382,153 @@ class SpaceApp:
         return [[r["type"], r["query"], " ".join(r["hop_contexts"][0].split())[:240]]
                 for r in ds.select(range(min(10, len(ds))))]
 
-    def evaluation(self) -> tuple[str, list[str]]:
-        report = output_path(self._run_dir(), "evaluate", "report.md")
-        plots_dir = output_path(self._run_dir(), "evaluate", "plots")
-        text = report.read_text() if report.is_file() else "No evaluation yet."
+    def evaluation(self, owner: str) -> tuple[str, list[str]]:
+        run = self.run_dir(owner)
+        report = output_path(run, "evaluate", "report.md")
+        plots_dir = output_path(run, "evaluate", "plots")
+        text = for_visitor(report.read_text(), run) if report.is_file() else "No evaluation yet."
         plots = [str(p) for p in sorted(plots_dir.glob("*.png"))] if plots_dir.is_dir() else []
         return text, plots
 
-    def domains(self) -> tuple[list[list[Any]], str | None, str]:
+    def published(self, owner: str) -> str:
+        links = pushed_links(self.run_dir(owner))
+        if links:
+            return "Pushed:\n" + "\n".join(f"- [{label}]({url})" for label, url in links)
+        if RunDir(self.run_dir(owner)).is_complete("publish"):
+            return ("Nothing pushed (no token): the folders to push and PUSH.md are in **Downloads**. "
+                    "Sign in with Hugging Face and run Publish again to push them.")
+        return ""
+
+    def domains(self) -> tuple[Any, str | None, str]:
+        import pandas as pd
+
         try:
             rows = domains_table()
         except TrainerError as exc:
-            return [], None, f"Domain ranking unavailable: {exc}"
-        out = Path(self.run_root) / "domains.png"
+            return pd.DataFrame(), None, f"Domain ranking unavailable: {for_visitor(str(exc))}"
+        out = self.root / "domains.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         plot = str(plot_domains(rows, out))
         keys = list(rows[0]) if rows else []
-        table = [[r.get(k) for k in keys] for r in rows]
-        return table, plot, "Ranked by room for improvement: " + ", ".join(keys)
+        return pd.DataFrame(rows, columns=keys), plot, "Ranked by room for improvement (largest first)."
 
 
-def build_demo(run_root: str = "runs/space", state_dir: str | None = None,
-               defaults: dict[str, Any] | None = None) -> gr.Blocks:
-    """The Space UI; ``defaults`` pre-fills settings (e.g. {"generator": ..., "sample_documents": 20})."""
-    app = SpaceApp(run_root, state_dir)
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def _failure(log: str) -> str:
+    """The one-line reason of a failed job, from its log (the CLI's 'error: ...' line)."""
+    for line in reversed(log.splitlines()):
+        low = line.lower()
+        if low.startswith("error") or " error " in low or "error:" in low:
+            return line.split("error:", 1)[-1].strip()[:300] if "error:" in line else line.strip()[:300]
+    return ""
+
+
+def show_login() -> bool:
+    """The sign-in button: on a Space (gradio's real OAuth, SYSTEM=spaces) and, with SPACE_ID set elsewhere,
+    only where gradio's local mock sign-in can work (it signs in as the machine's own Hub token)."""
+    from gradio.utils import get_space
+
+    if get_space() is not None:
+        return True
+    if not os.environ.get("SPACE_ID"):
+        return False
+    from huggingface_hub import get_token
+
+    return get_token() is not None
+
+
+def _form_updates(values: dict[str, Any]) -> list[Any]:
+    return [values[k] for k in SETTINGS]
+
+
+def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | None = None,
+               max_running: int | None = None) -> gr.Blocks:
+    """The Space UI. ``run_root``: where visitors' folders live (default: ``spaces.sessions.storage_root``);
+    ``defaults`` pre-fills settings for a new session (e.g. {"generator": ..., "sample_documents": 20})."""
+    app = SpaceApp(run_root, max_running)
     d = {"domain": "scientific", "generator": "qwen2.5-coder-0.5b-instruct-q4_k_m", "questions_per_chunk": 3,
          "sample_documents": 200, **(defaults or {})}
     on_space = bool(os.environ.get("SPACE_ID"))
+    login = show_login()
     with gr.Blocks(title="Domain embedding specialist") as demo:
+        gr.HTML(f"<style>{CSS}</style>", padding=False)
+        # The browser keeps its session id in local storage (a reload keeps it); the hidden box carries it to
+        # every event (and lets an API client name its session).
+        store = gr.BrowserState("", storage_key="domain-embed-session")
+        session = gr.Textbox("", visible=False, elem_id="session")
+        pending = gr.State("")
+        shown = gr.State("")  # signature of what the page shows: the timer skips work while it holds
         gr.Markdown(
             "# Domain embedding specialist\n"
             "Turn a small general embedding model into a retrieval specialist for one domain: synthetic "
             "queries from your corpus, hard negatives, contrastive fine-tuning, MTEB evaluation, Hub publishing."
         )
         gr.Markdown(DUPLICATE_HELP)
-        if on_space:
-            gr.LoginButton()
+        with gr.Row():
+            if login:
+                gr.LoginButton(scale=0)
+            identity = gr.Markdown("", elem_id="identity")
         with gr.Row():
             job_status = gr.Markdown("No job yet.", elem_id="job-status")
-            cancel = gr.Button("Cancel job", variant="stop", scale=0)
+            cancel = gr.Button("Cancel job", variant="stop", scale=0, elem_id="cancel")
+        progress = gr.HTML("", elem_id="progress")
+        with gr.Group(visible=False, elem_id="notice-box") as notice_box:
+            notice = gr.Markdown("", elem_id="notice")
+            with gr.Row():
+                keep = gr.Button("Keep the finished run", size="sm", elem_id="keep", visible=False)
+                dismiss = gr.Button("Dismiss", size="sm", elem_id="dismiss")
+        with gr.Row(equal_height=True):
+            choices = [(p.label, p.name) for p in presets_for(detect_profile())] + [("The form's settings", "")]
+            preset = gr.Dropdown(choices, value=choices[0][1], label="Run all with", scale=2, elem_id="preset")
+            run_all = gr.Button("Run all", variant="primary", scale=1, elem_id="run-all")
+        preset_note = gr.Markdown("", elem_id="preset-note")
         inputs: dict[str, gr.components.Component] = {}
         with gr.Tab("1 Domain"):
             domains_btn = gr.Button("Rank the MTEB subcategories")
             domains_note = gr.Markdown()
-            domains_table = gr.Dataframe(label="Room for improvement", interactive=False)
+            domains_view = gr.Dataframe(label="Room for improvement", interactive=False, wrap=True)
             domains_plot = gr.Image(label="Subcategories", type="filepath")
-            inputs["domain"] = gr.Radio(list(SUBCATEGORIES), value=d["domain"],
-                                        label="Subcategory")
+            inputs["domain"] = gr.Radio(list(SUBCATEGORIES), value=d["domain"], label="Subcategory")
         with gr.Tab("2 Data"):
             inputs["source"] = gr.Textbox(
-                d.get("source") or default_corpus(d["domain"]),
-                label="Corpus: folder, BEIR folder, hub:<dataset id>, builtin:python-docs, data:<name>",
+                d.get("source") or default_corpus(d["domain"]), elem_id="source",
+                label="Corpus: hub:<dataset id>, builtin:python-docs, data:<name>, or uploads (your uploaded files)",
             )
             inputs["uploads"] = gr.File(label="…or upload files (.txt .md .html .pdf .jsonl .csv .parquet)",
                                         file_count="multiple", type="filepath")
-            inputs["run_dir"] = gr.Textbox(f"{run_root}/run", label="Run directory")
+            corpus_note = gr.Markdown("", elem_id="corpus-note")
             ingest_btn = gr.Button("Run: ingest", variant="primary", elem_id="run-ingest")
             ingest_counts = gr.JSON(label="Ingest counts")
         with gr.Tab("3 Generate"):
-            inputs["endpoint"] = gr.Textbox("", label="TGI endpoint URL (empty: the embedded llama.cpp server)",
-                                            placeholder="https://xyz.endpoints.huggingface.cloud/v1")
-            inputs["endpoint_model"] = gr.Textbox("tgi", label="Endpoint model name")
-            inputs["generator"] = gr.Dropdown(
-                ["qwen2.5-coder-0.5b-instruct-q4_k_m", "qwen2.5-coder-1.5b-instruct-q4_k_m",
-                 "smollm2-135m-instruct-q4_1"], value=d["generator"],
-                label="Embedded generator (offline weights)")
+            with gr.Group(elem_id="generator-section"):
+                # The generator choice (Inference Providers / a dedicated endpoint / the embedded server) is
+                # being built on the `generators` branch; it replaces the three fields below.
+                inputs["endpoint"] = gr.Textbox("", label="TGI endpoint URL (empty: the embedded llama.cpp server)",
+                                                placeholder="https://xyz.endpoints.huggingface.cloud/v1")
+                inputs["endpoint_model"] = gr.Textbox("tgi", label="Endpoint model name")
+                inputs["generator"] = gr.Dropdown(
+                    ["qwen2.5-coder-0.5b-instruct-q4_k_m", "qwen2.5-coder-1.5b-instruct-q4_k_m",
+                     "smollm2-135m-instruct-q4_1"], value=d["generator"],
+                    label="Embedded generator (offline weights)")
             inputs["questions_per_chunk"] = gr.Slider(1, 6, value=d["questions_per_chunk"], step=1,
-                                                      label="Questions per chunk")
+                                                      label="Questions per chunk", elem_id="questions")
             inputs["query_types"] = gr.CheckboxGroup(
                 list(QUERY_TYPES), value=d.get("query_types", list(QUERY_TYPES)), label="Query types "
                 "(factual only: short claims/queries, as in claim-verification tasks such as SciFact)")
             inputs["sample_documents"] = gr.Number(d["sample_documents"], precision=0,
-                                                   label="Sample of documents (0: all)")
+                                                   label="Sample of documents (0: all; on CPU, 20–40 take minutes, "
+                                                         "hundreds take hours)")
             generate_btn = gr.Button("Run: generate", variant="primary", elem_id="run-generate")
             gen_counts = gr.JSON(label="Generation counts")
             gen_sample = gr.Dataframe(headers=["type", "query", "passage"], label="Sample queries",
-                                      interactive=False, elem_id="sample-queries")
+                                      interactive=False, elem_id="sample-queries", wrap=True)
         with gr.Tab("4 Mine"):
             inputs["mine_mode"] = gr.Radio(["hybrid", "dense", "bm25"], value="hybrid", label="Negatives from")
             inputs["num_negatives"] = gr.Slider(1, 10, value=5, step=1, label="Hard negatives per query")
@@ -243,50 +538,149 @@ def build_demo(run_root: str = "runs/space", state_dir: str | None = None,
         with gr.Tab("5 Train"):
             inputs["profile"] = gr.Radio(["cpu", "t4", "a100", "multi-gpu"], value=detect_profile(),
                                          label="Hardware profile (detected)")
-            inputs["epochs"] = gr.Number(3, label="Epochs")
+            inputs["epochs"] = gr.Number(d.get("epochs", 3), label="Epochs")
             inputs["lr"] = gr.Number(1e-5, label="Learning rate")
             train_btn = gr.Button("Run: train", variant="primary")
             train_counts = gr.JSON(label="Training counts")
         with gr.Tab("6 Evaluate"):
             evaluate_btn = gr.Button("Run: evaluate", variant="primary")
-            eval_report = gr.Markdown()
+            eval_report = gr.Markdown(elem_id="eval-report")
             eval_plots = gr.Gallery(label="Plots", columns=3)
         with gr.Tab("7 Publish & Export"):
-            inputs["owner"] = gr.Textbox("", label="Hub owner (user or organisation)")
+            inputs["owner"] = gr.Textbox("", label="Hub owner (user or organisation; empty: you, when signed in)")
             inputs["repo_name"] = gr.Textbox("", label="Repository base name (default: from the run)")
             inputs["private"] = gr.Checkbox(True, label="Private repositories")
             inputs["onnx"] = gr.Checkbox(True, label="Export ONNX (fp32 + int8)")
-            gr.Markdown("The Hub token comes from the `HF_TOKEN` secret or your login; it is never shown "
-                        "or written to disk. Without one, the files to push are written to the run directory.")
+            gr.Markdown("The Hub token comes from your sign-in (or the Space's `HF_TOKEN` secret); it is never "
+                        "shown or written to disk. Without one, the folders to push are prepared for download.")
             export_btn = gr.Button("Run: export", variant="secondary")
-            publish_btn = gr.Button("Run: publish", variant="primary")
+            publish_btn = gr.Button("Run: publish", variant="primary", elem_id="run-publish")
             publish_counts = gr.JSON(label="Publish counts")
+            pushed = gr.Markdown("", elem_id="pushed")
+        with gr.Tab("Downloads"):
+            gr.Markdown("The finished run's files: the model (zip, loads with `SentenceTransformer(folder)`), "
+                        "ONNX fp32/int8, the evaluation report, PUSH.md and the leaderboard submission (zip).")
+            files_btn = gr.Button("Prepare downloads", elem_id="prepare-downloads")
+            files = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="downloads")
         with gr.Accordion("Advanced settings", open=False):
             inputs["advanced"] = gr.Textbox(
                 d.get("advanced", ""), lines=4, label="Any other setting, one section.key=value per line "
-                "(as `--set` on the command line; see the README's configuration reference)",
-                placeholder="train.max_seq_length=256\nmine.candidates=100",
+                "(see the README's configuration reference)",
+                placeholder="train.max_seq_length=256\nmine.candidates=100", elem_id="advanced",
             )
-        log = gr.Textbox(label="Live log", lines=14, max_lines=30, autoscroll=True)
-        stages = gr.Dataframe(headers=["stage", "state"], label="Stages", interactive=False)
+        log = gr.Textbox(label="Live log", lines=14, max_lines=30, autoscroll=True, elem_id="log")
+        stages = gr.Dataframe(headers=["stage", "state"], label="Stages", interactive=False, elem_id="stages")
+        timer = gr.Timer(2.0)
 
         settings = [inputs[k] for k in SETTINGS]
+
+        def corpus_note_for(source: str, uploads: list[str] | None, sess: str,
+                            profile: gr.OAuthProfile | None) -> str:
+            if uploads:
+                return f"Using your **{len(uploads)} uploaded file(s)** as the corpus (the Corpus box is ignored)."
+            if (source or "").strip() == UPLOADS:
+                try:
+                    folder = app.run_dir(app.owner(sess, profile)) / UPLOADS
+                    n = sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
+                except TrainerError:
+                    n = 0
+                return f"Using your **{n} earlier uploaded file(s)**." if n else "No uploaded files yet."
+            return f"Using **{source}** (upload files to use them instead)."
+
         inputs["domain"].change(default_corpus, inputs["domain"], inputs["source"])
+        for comp in (inputs["source"], inputs["uploads"]):
+            comp.change(corpus_note_for, [inputs["source"], inputs["uploads"], session], corpus_note)
+
+        def make_run(stage: str):
+            def run(sess: str, pend: str, profile: gr.OAuthProfile | None, token: gr.OAuthToken | None,
+                    *values: Any) -> tuple[Any, ...]:
+                msg, sig = app.start(stage, sess, pend, profile, token, dict(zip(SETTINGS, values, strict=True)))
+                return gr.update(visible=True), msg, gr.update(visible=bool(sig)), sig, ""
+            run.__name__ = f"run_{stage}"
+            return run
+
         for stage, btn in (("ingest", ingest_btn), ("generate", generate_btn), ("mine", mine_btn),
                            ("train", train_btn), ("evaluate", evaluate_btn), ("export", export_btn),
                            ("publish", publish_btn)):
-            btn.click(functools.partial(app.start, stage), settings, job_status, api_name=f"run_{stage}")
-        cancel.click(app.cancel, None, job_status, api_name="cancel")
-        domains_btn.click(app.domains, None, [domains_table, domains_plot, domains_note], api_name="domains")
+            btn.click(make_run(stage), [session, pending, *settings], [notice_box, notice, keep, pending, shown],
+                      api_name=f"run_{stage}")
 
-        def refresh():
-            head, text, rows = app.status()
-            report, plots = app.evaluation()
-            return (head, text, rows, app.counts("ingest"), app.counts("generate"), app.sample_queries(),
-                    app.counts("mine"), app.counts("train"), report, plots, app.counts("publish"))
+        def run_everything(sess: str, pend: str, profile: gr.OAuthProfile | None, token: gr.OAuthToken | None,
+                           chosen: str, *values: Any) -> tuple[Any, ...]:
+            msg, sig = app.start("publish", sess, pend, profile, token, dict(zip(SETTINGS, values, strict=True)),
+                                 preset=chosen or None)
+            return gr.update(visible=True), msg, gr.update(visible=bool(sig)), sig, ""
 
-        outputs = [job_status, log, stages, ingest_counts, gen_counts, gen_sample, mine_counts, train_counts,
-                   eval_report, eval_plots, publish_counts]
-        gr.Timer(2.0).tick(refresh, None, outputs, api_name="status")
-        demo.load(refresh, None, outputs)
+        run_all.click(run_everything, [session, pending, preset, *settings], [notice_box, notice, keep, pending, shown],
+                      api_name="run_all")
+
+        def explain_preset(chosen: str, sess: str, profile: gr.OAuthProfile | None, *values: Any) -> str:
+            try:
+                owner = app.owner(sess, profile)
+                cfg = config_from(dict(zip(SETTINGS, values, strict=True)), app.run_dir(owner), chosen or None)
+                est = estimate(cfg)
+            except TrainerError as exc:
+                return f"No estimate: {for_visitor(str(exc))}"
+            steps = " · ".join(f"{k} {_minutes(v)}" for k, v in est.seconds.items())
+            summary = PRESETS[chosen].summary + " " if chosen else ""
+            return f"{summary}**Estimated time: {_minutes(est.total_s)}** ({steps}); from the rates in BENCHMARKS.md."
+
+        preset.change(explain_preset, [preset, session, *settings], preset_note)
+
+        def do_cancel(sess: str, profile: gr.OAuthProfile | None) -> tuple[Any, ...]:
+            return gr.update(visible=True), app.cancel(sess, profile), gr.update(visible=False), "", ""
+
+        cancel.click(do_cancel, [session], [notice_box, notice, keep, pending, shown], api_name="cancel")
+        def close_notice() -> tuple[Any, ...]:
+            return gr.update(visible=False), "", "", gr.update(visible=False)
+
+        dismiss.click(close_notice, None, [notice_box, notice, pending, keep])
+        keep.click(close_notice, None, [notice_box, notice, pending, keep])
+        domains_btn.click(app.domains, None, [domains_view, domains_plot, domains_note], api_name="domains")
+
+        def prepare(sess: str, profile: gr.OAuthProfile | None) -> list[str]:
+            try:
+                run = app.run_dir(app.owner(sess, profile))
+                return [str(build(run, a.name)) for a in artifacts(run)]
+            except TrainerError:
+                return []
+
+        files_btn.click(prepare, [session], files, api_name="downloads")
+
+        outputs = [identity, job_status, progress, log, stages, ingest_counts, gen_counts, gen_sample, mine_counts,
+                   train_counts, eval_report, eval_plots, publish_counts, pushed, timer, shown]
+
+        def refresh(sess: str, seen: str, profile: gr.OAuthProfile | None) -> tuple[Any, ...]:
+            try:
+                owner = app.owner(sess, profile)
+            except TrainerError:
+                return tuple(gr.skip() for _ in outputs)
+            sig = app.signature(owner)
+            if sig == seen:  # nothing changed since the last tick: no work, nothing sent
+                return tuple(gr.skip() for _ in outputs)
+            job = app.pool.manager(owner).current()
+            active = job is not None and job.active
+            run = app.run_dir(owner)
+            report, plots = app.evaluation(owner)
+            log_text = for_visitor(app.pool.manager(owner).log_tail(30), run) if job else ""
+            return (app.identity(sess, profile, on_space), app.job_line(owner, job), app.progress(owner, job),
+                    log_text, app.stages(owner), app.counts(owner, "ingest"), app.counts(owner, "generate"),
+                    app.sample_queries(owner), app.counts(owner, "mine"), app.counts(owner, "train"), report, plots,
+                    app.counts(owner, "publish"), app.published(owner), gr.Timer(2.0 if active else 10.0), sig)
+
+        timer.tick(refresh, [session, shown], outputs, api_name="status", show_progress="hidden")
+
+        def on_load(sess: str, profile: gr.OAuthProfile | None) -> tuple[Any, ...]:
+            """A new browser gets a session id; a known session (or user) gets its job config back."""
+            if profile is None and owner_key(None, sess) is None:
+                sess = new_session_id()
+            owner = app.owner(sess, profile)
+            cfg = app.job_config(owner)
+            form = values_from_config(cfg, app.run_dir(owner)) if cfg is not None else None
+            updates = _form_updates(form) if form else [gr.skip() for _ in SETTINGS]
+            return (sess, sess, *updates, app.identity(sess, profile, on_space), "")
+
+        demo.load(on_load, [store], [store, session, *settings, identity, shown]).then(
+            refresh, [session, shown], outputs).then(explain_preset, [preset, session, *settings], preset_note)
+    demo.space_app = app  # type: ignore[attr-defined]  (tests and app.py reach the pool through it)
     return demo

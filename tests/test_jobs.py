@@ -50,3 +50,60 @@ def test_one_job_at_a_time_and_cancel_is_resumable(tmp_path):
     while pid_alive(server_pid) and time.time() < deadline:
         time.sleep(0.2)
     assert not pid_alive(server_pid)
+
+
+def _ingest_cfg(run_dir):
+    return load_config(None, ["ingest.source=builtin:python-docs", f"run.dir={run_dir}"])
+
+
+def test_pool_queues_past_the_cap_and_keeps_owners_apart(tmp_path):
+    """Two owners, one slot: the second waits (1st in line) and starts by itself when the first is
+    cancelled; neither owner's cancel touches the other's job; a queued job's env never reaches disk."""
+    import time
+
+    from trainer.jobs import JobPool
+
+    pool = JobPool(tmp_path / "root", max_running=1)
+    pool.start_scheduler(every_s=0.3)
+    try:
+        a = pool.submit("anon-a", _ingest_cfg(tmp_path / "root/anon-a/run"), "ingest")
+        b = pool.submit("user-b", _ingest_cfg(tmp_path / "root/user-b/run"), "ingest",
+                        env={"HF_TOKEN": "hf_QueuedSecretNeverOnDisk0000"})
+        assert a.status == "running" and b.status == "queued"
+        assert pool.position("user-b") == 1 and pool.position("anon-a") is None
+        with pytest.raises(TrainerError, match="already queued"):
+            pool.submit("user-b", _ingest_cfg(tmp_path / "root/user-b/run"), "ingest")
+        assert b"hf_QueuedSecret" not in (tmp_path / "root/user-b/job.json").read_bytes()
+        assert pool.manager("user-b").cancel() is not None  # b's own manager cancels only b's job ...
+        assert pool.manager("anon-a").current().status == "running"  # ... a runs on
+        pool.submit("user-b", _ingest_cfg(tmp_path / "root/user-b/run"), "ingest")
+        assert pool.cancel("anon-a").status == "cancelled"
+        deadline = time.time() + 30
+        while pool.manager("user-b").current().status == "queued" and time.time() < deadline:
+            time.sleep(0.2)
+        assert pool.manager("user-b").current().status == "running"  # started by the scheduler thread
+        assert pool.manager("user-b").wait(timeout=300).status == "finished"
+        assert "ingest: ran" in pool.manager("user-b").log_tail()
+    finally:
+        pool.stop_scheduler()
+
+
+def test_pool_cleans_old_anonymous_folders_only(tmp_path):
+    import os
+    import time
+
+    from trainer.jobs import JobPool
+
+    pool = JobPool(tmp_path, max_running=1)
+    for owner in ("anon-old", "anon-new", "user-old"):
+        (tmp_path / owner / "run").mkdir(parents=True)
+        (tmp_path / owner / "run" / "x.txt").write_text("x")
+    old = time.time() - 3 * 86400
+    for owner in ("anon-old", "user-old"):
+        for p in (tmp_path / owner / "run" / "x.txt", tmp_path / owner / "run", tmp_path / owner):
+            os.utime(p, (old, old))
+    assert pool.clean("anon-", max_age_s=86400) == ["anon-old"]
+    assert not (tmp_path / "anon-old").exists()
+    assert (tmp_path / "anon-new").is_dir() and (tmp_path / "user-old").is_dir()
+    with pytest.raises(TrainerError, match="safe owner"):
+        pool.owner_dir("../escape")

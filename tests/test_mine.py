@@ -292,8 +292,8 @@ def test_rerun_is_a_noop_and_a_changed_setting_reruns(run_copy):
     assert len(meta) and all(max(m["negative_scores"]) <= 0.5 * m["positive_score"] + 1e-6 for m in meta)
 
 
-class Killed(Exception):
-    pass
+class Killed(BaseException):
+    """A simulated kill: like SIGKILL, no `except Exception` handler sees it (the manifest stays 'running')."""
 
 
 def test_killed_run_resumes_from_cached_embeddings(run_copy, tmp_path_factory, monkeypatch, base_run):

@@ -149,7 +149,8 @@ def test_interrupted_push_resumes_where_it_stopped(hub, tmp_path):
     failed = publish(hub, run_dir, "publish.max_retries=1")
     assert failed.returncode == 2
     assert "failed after 2 attempt(s)" in failed.stderr and "run the stage again" in failed.stderr
-    assert RunDir(run_dir).manifest("publish")["status"] == "running"
+    m = RunDir(run_dir).manifest("publish")
+    assert m["status"] == "failed" and "failed after 2 attempt(s)" in m["error"]  # resumable, with its reason
     pushed = json.loads((run_dir / "stages/publish/pushed.json").read_text())
     assert set(pushed) == {"queries", "training_set"}
     assert commits(hub, MODEL) == ["initial commit"]

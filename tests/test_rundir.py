@@ -116,12 +116,44 @@ def test_crashed_stage_resumes_with_its_work_folder(tmp_path):
     rd = RunDir(tmp_path)
     with pytest.raises(RuntimeError):
         run_stage(stage, load_config(), rd)
-    assert rd.manifest("c")["status"] == "running"
-    assert stage_status(stage, load_config(), rd).startswith("failed or interrupted")
+    assert rd.manifest("c")["status"] == "failed" and rd.manifest("c")["error"] == "RuntimeError: boom"
+    assert stage_status(stage, load_config(), rd) == "failed: RuntimeError: boom (run it again to resume)"
     state["fail"] = False
     out = run_stage(stage, load_config(), rd)
     assert out.action == "resumed" and out.manifest["attempts"] == 2
     assert not (rd.stage_dir("c") / "_work").exists()
+
+
+def test_a_failed_stage_reads_its_one_line_redacted_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_SecretTokenValue1234")
+
+    def run(ctx):
+        raise StageError("the endpoint refused hf_SecretTokenValue1234\nsecond line with details")
+
+    stage = Stage(name="c", run=run, sections=())
+    rd = RunDir(tmp_path)
+    with pytest.raises(StageError):
+        run_stage(stage, load_config(), rd)
+    m = rd.manifest("c")
+    assert m["status"] == "failed" and m["error"] == "the endpoint refused ***" and "failed" in m
+    assert stage_status(stage, load_config(), rd) == "failed: the endpoint refused *** (run it again to resume)"
+    assert "hf_Secret" not in (rd.stage_dir("c") / "manifest.json").read_text()
+
+
+def test_a_killed_stage_reads_interrupted_and_a_live_one_running(tmp_path):
+    """A kill records nothing: the manifest stays 'running'. With no process holding the run directory's lock
+    it is "interrupted"; while one holds it, "running"."""
+    def run(ctx):
+        raise KeyboardInterrupt  # SIGTERM / Ctrl-C: not recorded as a failure
+
+    stage = Stage(name="c", run=run, sections=())
+    rd = RunDir(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(stage, load_config(), rd)
+    assert rd.manifest("c")["status"] == "running" and "error" not in rd.manifest("c")
+    assert stage_status(stage, load_config(), rd) == "interrupted (run it again to resume)"
+    with rd.lock():
+        assert stage_status(stage, load_config(), rd) == "running"
 
 
 def test_one_process_per_run_dir(tmp_path):

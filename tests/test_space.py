@@ -1,33 +1,88 @@
-"""The Space: built from spaces/, driven through gradio_client like a user's browser would."""
+"""The Space: built from spaces/, driven through gradio_client like a user's browser would, plus its
+sign-in path against the loopback Hub-protocol server and a start-up with SPACE_ID and OAuth set."""
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import gradio as gr
 import pytest
 
-from spaces.ui import SETTINGS, config_from
+from spaces.sessions import for_visitor, owner_key
+from spaces.ui import SETTINGS, SpaceApp, config_from, rerun_changes, values_from_config
+from tests.conftest import REPO
+from trainer.errors import TrainerError
+
+SESSION_A, SESSION_B = "a" * 32, "b" * 32
 
 
-def settings(run_dir, **over):
-    values = {
-        "domain": "code", "source": "builtin:python-docs", "uploads": None, "run_dir": str(run_dir),
+def values(**over):
+    v = {
+        "domain": "code", "source": "builtin:python-docs", "uploads": None,
         "endpoint": "", "endpoint_model": "tgi", "generator": "smollm2-135m-instruct-q4_1",
         "questions_per_chunk": 1, "query_types": ["factual", "contextual", "multi_hop"], "sample_documents": 2,
         "mine_mode": "hybrid", "num_negatives": 2,
         "margin": 0.95, "profile": "cpu", "epochs": 1, "lr": 1e-5, "owner": "", "repo_name": "", "private": True,
         "onnx": True, "advanced": "",
     }
-    values.update(over)
-    return [values[k] for k in SETTINGS]
+    v.update(over)
+    return v
+
+
+def settings(**over):
+    v = values(**over)
+    return [v[k] for k in SETTINGS]
 
 
 def test_ui_fields_make_the_same_config_as_the_cli(tmp_path):
-    cfg = config_from(dict(zip(SETTINGS, settings(tmp_path, endpoint="http://127.0.0.1:9/v1"), strict=True)))
-    assert cfg.domain == "code" and cfg.ingest.source == "builtin:python-docs"
+    cfg = config_from(values(endpoint="http://127.0.0.1:9/v1"), tmp_path)
+    assert cfg.domain == "code" and cfg.ingest.source == "builtin:python-docs" and cfg.run.dir == tmp_path
     assert cfg.generate.endpoint == "http://127.0.0.1:9/v1" and cfg.generate.sample_documents == 2
     assert cfg.mine.num_negatives == 2 and cfg.train.profile == "cpu" and cfg.publish.private is True
     assert cfg.generate.query_types is None  # all three ticked: the recipe's rotation
-    claims = config_from(dict(zip(SETTINGS, settings(tmp_path, query_types=["factual"]), strict=True)))
+    claims = config_from(values(query_types=["factual"]), tmp_path)
     assert claims.generate.query_types == ["factual"]
+
+
+def test_visitors_cannot_point_the_space_at_server_folders(tmp_path):
+    for bad in ({"source": "/etc"}, {"source": str(tmp_path)}, {"advanced": "run.dir=/tmp/other"},
+                {"advanced": "publish.token_env=AWS_SECRET"}, {"advanced": "evaluate.beir_dir=/data/x"},
+                {"advanced": "ingest.source=/srv"}, {"source": "uploads"}):
+        with pytest.raises(TrainerError):
+            config_from(values(**bad), tmp_path)
+    upload = tmp_path / "notes.md"
+    upload.write_text("# Notes\n\nSome text.\n")
+    cfg = config_from(values(uploads=[str(upload)], source="data:scifact"), tmp_path / "run")
+    assert cfg.ingest.source == str(tmp_path / "run" / "uploads")  # uploads win, into the visitor's run
+
+
+def test_owner_keys_are_safe_path_components():
+    assert owner_key("alice", SESSION_A) == "user-alice"  # the sign-in wins over the browser session
+    assert owner_key(None, SESSION_A) == "anon-" + SESSION_A
+    for bad in ("../x", "", "A" * 32, "a" * 31, "a/" + "a" * 30):
+        assert owner_key(None, bad) is None
+    assert owner_key("../root", SESSION_A) is None
+
+
+def test_the_form_fills_back_from_the_job_config(tmp_path):
+    """What a reload shows: the fields of the run's config, other settings in the Advanced box."""
+    v = values(domain="legal", source="uploads", questions_per_chunk=2, query_types=["factual"], epochs=2,
+               advanced="train.max_seq_length=200\nmine.candidates=30")
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "uploads" / "a.txt").write_text("text")
+    cfg = config_from(v, tmp_path)
+    back = values_from_config(cfg, tmp_path)
+    assert sorted(back.pop("advanced").splitlines()) == ["mine.candidates=30", "train.max_seq_length=200"]
+    assert back == {k: x for k, x in v.items() if k != "advanced"}
+    assert config_from({**back, "advanced": "train.max_seq_length=200\nmine.candidates=30"}, tmp_path) == cfg
+
+
+def test_messages_name_space_controls_not_the_cli(tmp_path):
+    msg = for_visitor(f"re-run it (`python -m trainer ingest --force`) or see {tmp_path}/stages/x", tmp_path)
+    assert "python -m" not in msg and "--force" not in msg and str(tmp_path) not in msg
+    assert "ingest step's Run button" in msg
 
 
 @pytest.fixture(scope="module")
@@ -35,75 +90,188 @@ def served(tmp_path_factory):
     from spaces.ui import build_demo
 
     root = tmp_path_factory.mktemp("space")
-    demo = build_demo(str(root), state_dir=str(root / "state"))
+    demo = build_demo(root)
     demo.queue().launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
-    yield demo
+    yield demo, root
     demo.close()
 
 
-def wait_done(client, timeout=600):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        out = client.predict(api_name="/status")
-        if "running" not in out[0]:
-            return out
-        time.sleep(1)
-    raise TimeoutError(out[0])
+def wait_done(app: SpaceApp, owner: str, timeout=600):
+    job = app.pool.manager(owner).wait(timeout=timeout)
+    return app.job_line(owner, job)
 
 
-def test_ingest_and_generate_through_gradio_client(served, tmp_path):
+def test_two_sessions_run_apart_and_a_changed_setting_asks_first(served):
+    """Session A ingests; session B sees no job and cannot cancel A's; a changed chunking setting for A
+    asks before re-running the finished ingest, and the second press runs it."""
     from gradio_client import Client
 
-    client = Client(served.local_url, verbose=False)
-    msg = client.predict(*settings(tmp_path), api_name="/run_ingest")
-    assert msg.startswith("Started")
-    out = wait_done(client)
-    assert "finished" in out[0], out[1]
-    assert out[3]["documents"] > 50
+    demo, root = served
+    app = demo.space_app
+    a, b = Client(demo.local_url, verbose=False), Client(demo.local_url, verbose=False)
+    owner_a = "anon-" + SESSION_A
+    out = a.predict(SESSION_A, *settings(), api_name="/run_ingest")
+    assert "Started" in out, out
+    assert "No job yet" in b.predict(SESSION_B, api_name="/status")[1]
+    assert "No job" in b.predict(SESSION_B, api_name="/cancel")
+    assert app.pool.manager(owner_a).current().status == "running"
+    assert "finished" in wait_done(app, owner_a)
+    assert (root / owner_a / "run" / "stages" / "ingest" / "manifest.json").is_file()
+    assert not (root / ("anon-" + SESSION_B) / "run").exists()
 
-    msg = client.predict(*settings(tmp_path), api_name="/run_generate")
-    assert msg.startswith("Started")
-    busy = client.predict(*settings(tmp_path), api_name="/run_generate")
-    assert "already running" in busy
-    out = wait_done(client)
-    assert "finished" in out[0], out[1]
-    assert out[4]["queries"] >= 1 and len(out[5]["data"]) >= 1
-    assert any(row[0] == "generate" and row[1] == "complete" for row in out[2]["data"])
+    same = a.predict(SESSION_A, *settings(), api_name="/run_ingest")
+    assert "Started" in same  # nothing changed: a no-op run, no question
+    wait_done(app, owner_a)
+    changed = settings(advanced="ingest.chunk_sentences=3")
+    ask = a.predict(SESSION_A, *changed, api_name="/run_ingest")
+    assert "differ from your finished run" in ask and "chunk_sentences" in ask, ask
+    assert app.pool.manager(owner_a).current().status == "finished"  # nothing started, nothing archived
+    assert not (root / owner_a / "run" / "archive").exists()
+    go = a.predict(SESSION_A, *changed, api_name="/run_ingest")
+    assert "Started" in go, go
+    assert "finished" in wait_done(app, owner_a)
+    assert (root / owner_a / "run" / "archive").is_dir()  # the earlier ingest, kept
+    assert rerun_changes(app.job_config(owner_a), "ingest") == []
 
 
-def test_bad_input_is_reported_not_raised(served, tmp_path):
+def test_bad_input_is_reported_not_raised(served):
     from gradio_client import Client
 
-    client = Client(served.local_url, verbose=False)
-    msg = client.predict(*settings(tmp_path, source=str(tmp_path / "missing")), api_name="/run_ingest")
-    assert msg.startswith("Started")
-    out = wait_done(client)
-    assert "failed" in out[0] and "corpus not found" in out[1]
+    demo, root = served
+    client = Client(demo.local_url, verbose=False)
+    out = client.predict("c" * 32, *settings(source="/etc"), api_name="/run_ingest")
+    assert "Not started" in out and "hub:<dataset id>" in out
+    out = client.predict("c" * 32, *settings(source="data:no-such-corpus"), api_name="/run_ingest")
+    assert "Started" in out
+    line = wait_done(demo.space_app, "anon-" + "c" * 32)
+    assert "failed" in line and str(root) not in line, line
 
 
-TINY = "\n".join([
-    "train.max_seq_length=48", "train.batch_size=4", "train.num_negatives=2", "train.val_fraction=0",
-    "train.matryoshka_dims=[384, 64]", "evaluate.mteb=false", "export.parity_passages=40",
-    "export.retrieval_check=off", "mine.candidates=20",
-])
+def test_a_signed_in_job_pushes_with_the_login_token_to_the_users_namespace(tmp_path, monkeypatch):
+    """The run function's declared gr.OAuthProfile / gr.OAuthToken reach the job: the publish stage
+    pushes with that token (never the HF_TOKEN secret) under the signed-in user's name."""
+    from tests.hub_server import HubServer, cleanup
+    from tests.publish_fixtures import build_run
+
+    token = "hf_OAuthLoginTokenForAlice0123456789"
+    hub = HubServer.start(token=token)
+    hub.user = "alice"
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        for k, v in {"HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "DOMAIN_EMBED_OFFLINE": "0",
+                     "TRANSFORMERS_OFFLINE": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                     "HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": "hf_TheSpaceSecretNotAlice000000"}.items():
+            monkeypatch.setenv(k, v)
+        app = SpaceApp(tmp_path / "root", scheduler=False)
+        run_dir = app.run_dir("user-alice")
+        cfg = build_run(run_dir)
+        (run_dir / "job-config.yaml").write_text(cfg.to_yaml())
+        profile = gr.OAuthProfile({"preferred_username": "alice", "name": "Alice", "picture": "", "profile": ""})
+        oauth = gr.OAuthToken(token=token, scope="openid profile manage-repos", expires_at=int(time.time()) + 3600)
+        msg, _ = app.start("publish", "", "", profile, oauth, values(owner="", private=True))
+        assert msg.startswith("Started"), msg
+        job = app.pool.manager("user-alice").wait(timeout=300)
+        assert job.status == "finished", app.pool.manager("user-alice").log_tail(40)
+        assert hub.repo("alice/minilm-medical-test").private
+        assert f"Bearer {token}" in hub.auth_headers
+        assert not any("TheSpaceSecret" in h for h in hub.auth_headers)
+        assert "alice/minilm-medical-test](" in app.published("user-alice")
+        for f in run_dir.rglob("*"):
+            if f.is_file():
+                assert token.encode() not in f.read_bytes(), f
+    finally:
+        cleanup(hub)
 
 
-@pytest.mark.slow
-def test_the_whole_flow_through_gradio_client(served, tmp_path):
-    """Every step, ingest to publish, on a tiny corpus with the embedded generator (no Hub token: the
-    publish step writes the folders it would push)."""
+def _start_app(tmp_path, extra):
+    script = (
+        "import urllib.request, urllib.error\n"
+        "from spaces.ui import build_demo\n"
+        f"demo = build_demo({str(tmp_path / 'root')!r})\n"
+        "demo.queue().launch(server_name='127.0.0.1', prevent_thread_lock=True, quiet=True)\n"
+        "assert urllib.request.urlopen(demo.local_url).status == 200\n"
+        "class NoRedirect(urllib.request.HTTPRedirectHandler):\n"
+        "    def redirect_request(self, *a, **k): return None\n"
+        "try:\n"
+        "    r = urllib.request.build_opener(NoRedirect).open(demo.local_url + 'login/huggingface')\n"
+        "    code, where = r.status, ''\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    code, where = e.code, e.headers.get('location', '')\n"
+        "print('LOGIN', code, 'Sign in with Hugging Face' in str(demo.config['components']), where)\n"
+        "demo.close()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env.update(PYTHONPATH=str(REPO), HF_HOME=str(tmp_path / "hf-home"))
+    env.update(extra)
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    code, button, *where = out.stdout.split("LOGIN")[1].split()
+    return int(code), button == "True", (where or [""])[0]
+
+
+def test_the_app_starts_on_a_space_with_oauth(tmp_path):
+    """A Space with `hf_oauth: true` (SYSTEM=spaces, SPACE_ID and the OAUTH_* variables): the page serves,
+    with the sign-in button and gradio's OAuth login route (it redirects to the Hub; gradio's oauth extra
+    is installed). With SPACE_ID alone, off a Space and without a local Hub login, it starts too."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Provider(BaseHTTPRequestHandler):  # the Hub's OpenID metadata, as authlib fetches it
+        def do_GET(self):
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            body = json.dumps({"issuer": base, "authorization_endpoint": base + "/oauth/authorize",
+                               "token_endpoint": base + "/oauth/token", "jwks_uri": base + "/jwks"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    provider = ThreadingHTTPServer(("127.0.0.1", 0), Provider)
+    threading.Thread(target=provider.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{provider.server_address[1]}"
+    try:
+        code, button, where = _start_app(tmp_path, {
+            "SYSTEM": "spaces", "SPACE_ID": "tester/domain-embed", "OAUTH_CLIENT_ID": "client-id",
+            "OAUTH_CLIENT_SECRET": "client-secret", "OAUTH_SCOPES": "openid profile manage-repos",
+            "OPENID_PROVIDER_URL": url})
+    finally:
+        provider.shutdown()
+    assert button and code in (302, 307), code  # gradio's login route sends the visitor to the Hub
+    assert where.startswith(url + "/oauth/authorize") and "manage-repos" in where, where
+    code, button, where = _start_app(tmp_path, {"SPACE_ID": "tester/domain-embed"})
+    assert not button  # no sign-in to offer (gradio's local mock needs a Hub login); the page served
+
+
+def test_a_downloaded_model_zip_loads_with_sentence_transformers(served, tmp_path):
+    import zipfile
+
     from gradio_client import Client
+    from sentence_transformers import SentenceTransformer
 
-    client = Client(served.local_url, verbose=False)
-    values = settings(tmp_path, sample_documents=12, questions_per_chunk=2, advanced=TINY)
-    msg = client.predict(*values, api_name="/run_publish")
-    assert msg.startswith("Started"), msg
-    out = wait_done(client, timeout=1500)
-    assert "finished" in out[0], out[1]
-    states = {row[0]: row[1] for row in out[2]["data"]}
-    assert all(states[s] == "complete" for s in ("ingest", "generate", "mine", "train", "evaluate", "export",
-                                                 "publish")), states
-    assert out[6]["train_rows"] > 0 and out[7]["steps"] >= 1
-    assert "Evaluation" in out[8]
-    publish = tmp_path / "stages" / "publish"
-    assert (publish / "model" / "README.md").is_file() and (publish / "PUSH.md").is_file()
+    from tests.publish_fixtures import build_run
+
+    demo, _ = served
+    session = "d" * 32
+    run_dir = demo.space_app.run_dir("anon-" + session)
+    cfg = build_run(run_dir)
+    (run_dir / "job-config.yaml").write_text(cfg.to_yaml())
+    files = Client(demo.local_url, verbose=False).predict(session, api_name="/downloads")
+    names = {Path(f).name for f in files}
+    assert {"model.zip", "report.json"} <= names, names
+    with zipfile.ZipFile(next(f for f in files if Path(f).name == "model.zip")) as z:
+        z.extractall(tmp_path / "dl")
+    folder = next(p.parent for p in (tmp_path / "dl").rglob("modules.json"))
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    assert model.encode(["a query"]).shape == (1, 384)
+    other = Client(demo.local_url, verbose=False).predict("e" * 32, api_name="/downloads")
+    assert not other  # another session gets nothing of this run
+
+
+def test_front_matter_asks_for_the_scopes_publishing_needs():
+    head = Path(REPO, "README.md").read_text().split("---")[1]
+    assert "hf_oauth: true" in head and "manage-repos" in head  # repo creation needs manage-repos

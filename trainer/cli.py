@@ -17,6 +17,7 @@ import textwrap
 from trainer.config import Config, explain, load_config
 from trainer.errors import TrainerError, disk_error
 from trainer.logs import redact, setup_console
+from trainer.progress import ConsoleBar
 from trainer.rundir import RunDir
 
 EPILOG = """\
@@ -25,6 +26,8 @@ examples:
   python -m trainer run -c configs/quickstart.yaml
   python -m trainer run -c configs/scifact.yaml --to ingest --set ingest.chunk_sentences=3
   python -m trainer status -c configs/quickstart.yaml
+  python -m trainer estimate --preset cpu-quick --source data:scifact --set domain=scientific
+  python -m trainer run --preset cpu-quick --source builtin:python-docs --set domain=code
   python -m trainer config --explain        # every setting, its default and meaning
 
 A finished stage is not run again unless its settings or inputs change (then its earlier output is
@@ -77,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="corpus (same as --set ingest.source=...)")
     p.add_argument("--queries", help="your own real queries (same as --set queries.source=...)")
 
+    p.add_argument("--preset", help="start from a preset's settings (your -c/--set win): "
+                   "cpu-quick, t4, a100 (see `estimate --help`)")
+
+    p = sub.add_parser("estimate", help="how long a run of this config would take (from BENCHMARKS.md's rates)",
+                       description="Seconds per stage of a whole run, from the rates measured in BENCHMARKS.md "
+                       "and the corpus size (the run's ingest output when there is one). Presets: "
+                       "cpu-quick (about 15 minutes on 2 vCPUs), t4, a100 (the recipe).")
+    _common(p)
+    p.add_argument("--preset", help="estimate with a preset's settings: cpu-quick, t4, a100")
+    p.add_argument("--source", help="corpus (same as --set ingest.source=...)")
+
     sub.add_parser("domains", help="rank the MTEB subcategories by room for improvement (see `domains --help`)",
                    add_help=False)
     sub.add_parser("serve", help="serve an exported model as an OpenAI-compatible /v1/embeddings API "
@@ -88,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved config, or --explain every setting")
     _common(p)
+    p.add_argument("--preset", help="with a preset's settings: cpu-quick, t4, a100")
     p.add_argument("--explain", action="store_true", help="list every setting with its default and meaning")
     p.add_argument("--markdown", action="store_true", help="with --explain: a Markdown table (as in the README)")
     return parser
@@ -95,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
+    if getattr(args, "preset", None):
+        from trainer.presets import preset
+
+        overrides = [*preset(args.preset).overrides, *overrides]  # the user's own --set win
     if getattr(args, "run_dir", None):
         overrides.append(f"run.dir={args.run_dir}")
     if getattr(args, "source", None):
@@ -127,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_console(args.verbose)
+    console = setup_console(args.verbose)
+    bar = ConsoleBar(sys.stderr)  # one progress line: redrawn on a terminal, every ~10 s in a log file
+    console.addFilter(lambda record: bar.clear() or True)  # a log record never lands inside the bar
     signal.signal(signal.SIGTERM, _interrupt)  # clean up (servers, locks) as on Ctrl-C
     try:
         if args.command == "config" and args.explain and args.markdown:
@@ -141,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(cfg.to_yaml(), end="")
             return 0
+        if args.command == "estimate":
+            from trainer.presets import estimate
+
+            print(estimate(cfg).format())
+            return 0
         from trainer.pipeline import contracts, run_pipeline, status
 
         if args.command == "status":
@@ -152,10 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{'':10s} reads  {', '.join(c['reads']) or '-'}")
                     print(f"{'':10s} writes {', '.join(c['writes'] + [f'{w} (if any)' for w in c['may_write']])}")
             return 0
-        if args.command == "run":
-            outcomes = run_pipeline(cfg, to=args.to, force=args.force)
-        else:
-            outcomes = run_pipeline(cfg, only=args.command, force=args.force)
+        try:
+            if args.command == "run":
+                outcomes = run_pipeline(cfg, to=args.to, force=args.force, progress_sinks=(bar,))
+            else:
+                outcomes = run_pipeline(cfg, only=args.command, force=args.force, progress_sinks=(bar,))
+        finally:
+            bar.clear()
         for o in outcomes:
             print(f"{o.stage}: {o.action} -> {RunDir(cfg.run.dir).stage_dir(o.stage)}  "
                   f"{json.dumps(o.manifest.get('counts', {}), default=str)}")

@@ -36,7 +36,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,12 +276,14 @@ def run_mteb_tasks(
     batch_size: int = 32,
     overwrite: str = "only-missing",
     index: TrainingIndex | None = None,
+    on_task: Callable[[int, str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate a model on MTEB tasks with mteb's evaluator; results saved in mteb's format.
 
     Per task: ``{"status": "ok" | "not available offline" | "error", "main_score", "metric", "source",
     "result_file", "contamination"}``. Results go to ``output_dir/results/<model>/<revision>/<Task>.json``
     (an ``mteb.ResultCache``); with ``overwrite="only-missing"`` a finished task is read back, not re-run.
+    ``on_task(i, name)`` is called before task i (0-based) and ``on_task(len(task_names), "")`` at the end.
     """
     import mteb
 
@@ -289,7 +291,9 @@ def run_mteb_tasks(
     encoder = mteb_encoder(model, model_name, revision)
     cache = mteb.ResultCache(cache_path=Path(output_dir))
     out: dict[str, dict[str, Any]] = {}
-    for name in task_names:
+    for i, name in enumerate(task_names):
+        if on_task is not None:
+            on_task(i, name)
         try:
             registered = mteb.get_task(name)
         except Exception as exc:  # noqa: BLE001 - unknown name: reported, not fatal
@@ -327,6 +331,8 @@ def run_mteb_tasks(
             log.warning("evaluate: %s failed: %s", name, exc)
             entry.update(status="error", error=f"{type(exc).__name__}: {exc}")
         out[name] = entry
+    if on_task is not None:
+        on_task(len(task_names), "")
     return out
 
 
@@ -357,6 +363,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
     matryoshka = None
 
     synthetic = ctx.input("mine", "test_beir")
+    task_names = list(ev.tasks) if ev.tasks is not None else domain_tasks(cfg.domain)
+    # The bar counts evaluations: the held-out split and your BEIR folder (base and tuned in one), then each
+    # MTEB task once with the base model and once with the tuned one.
+    plan = {"synthetic": bool(ev.synthetic_split and synthetic is not None), "beir": bool(ev.beir_dir),
+            "mteb": 2 * len(task_names) if ev.mteb else 0}
+    total = int(plan["synthetic"]) + int(plan["beir"]) + plan["mteb"]
+    done = 0
+
+    def advance(n: int, phase: str, task: str = "") -> None:
+        ctx.advance(n, total, unit="tasks", message=f"{phase}{': ' + task if task else ''}")
+
     if not ev.synthetic_split:
         ctx.log.info("evaluate: held-out synthetic split not scored (evaluate.synthetic_split=false)")
     elif synthetic is None:
@@ -366,11 +383,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
                         "skipping it")
     else:
         ctx.report("evaluate: held-out synthetic split", 0.1)
+        advance(done, "base and tuned", "held-out synthetic split")
         res = compare_on_beir(base, tuned, synthetic, dims=dims, **kw)
         write_json_atomic(ctx.output("synthetic.json"), res)
         rows.append({"task": "synthetic held-out", "kind": "synthetic", "metric": "ndcg_at_10",
                      "base": res["base"].get("ndcg_at_10"), "tuned": res["tuned"].get("ndcg_at_10"),
                      "n_queries": res["n_queries"]})
+        done += 1
         if dims:
             matryoshka = {who: {d: m.get("ndcg_at_10") for d, m in res["matryoshka"][who].items()}
                           for who in ("base", "tuned")}
@@ -378,7 +397,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     if ev.beir_dir:
         ctx.report("evaluate: your BEIR folder", 0.2)
+        advance(done, "base and tuned", Path(ev.beir_dir).name)
         res = compare_on_beir(base, tuned, ev.beir_dir, split=ev.beir_split, **kw)
+        done += 1
         write_json_atomic(ctx.output("beir.json"), res)
         rows.append({"task": f"own: {Path(ev.beir_dir).name}", "kind": "own BEIR", "metric": "ndcg_at_10",
                      "base": res["base"].get("ndcg_at_10"), "tuned": res["tuned"].get("ndcg_at_10"),
@@ -394,17 +415,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
                      "n_queries": res["n_queries"]})
         counts["your_queries_ndcg_at_10"] = {"base": rows[-1]["base"], "tuned": rows[-1]["tuned"]}
 
-    task_names = list(ev.tasks) if ev.tasks is not None else domain_tasks(cfg.domain)
     mteb_rows = []
     if ev.mteb and task_names:
         ctx.report(f"evaluate: {len(task_names)} MTEB tasks, base model", 0.3)
         index = training_index([ctx.input("ingest", "documents"), ctx.input("ingest", "chunks")])
         common = {"output_dir": ctx.output("mteb"), "batch_size": ev.batch_size}
+        n = len(task_names)
         base_res = run_mteb_tasks(base, task_names, model_name=_model_label(cfg.model.name), revision="base",
-                                  index=index, **common)
+                                  index=index, on_task=lambda i, name: advance(done + i, "base model", name),
+                                  **common)
         ctx.report(f"evaluate: {len(task_names)} MTEB tasks, tuned model", 0.6)
         tuned_res = run_mteb_tasks(tuned, task_names, model_name=f"domain-embed/{Path(ctx.run_dir.root).name}",
-                                   revision="tuned", **common)
+                                   revision="tuned", on_task=lambda i, name: advance(done + n + i, "tuned model", name),
+                                   **common)
         for name in task_names:
             b, t = base_res[name], tuned_res[name]
             row = {"task": name, "kind": "MTEB", "metric": b.get("metric", ""), "base": b.get("main_score"),
@@ -417,6 +440,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             mteb_rows.append(row)
         rows.extend(mteb_rows)
 
+    if total:
+        advance(total, "done")
     refs: dict[str, Any] = {}
     try:
         refs = references([r["task"] for r in mteb_rows], base_model=cfg.model.name, results_dir=ev.results_dir)

@@ -51,7 +51,7 @@ import random
 import shutil
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,15 +167,19 @@ def choose_backend(candidates: Sequence[Candidate]) -> tuple[Candidate, str]:
     return best, why
 
 
-def time_encodes(models: dict[str, Any], passages: list[str], *, repeats: int, batch_size: int) -> dict[str, float]:
+def time_encodes(models: dict[str, Any], passages: list[str], *, repeats: int, batch_size: int,
+                 on_done: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Sentences/s of each model on ``passages``: the median of ``repeats`` encodes, models interleaved
-    round-robin so that load from other processes hits them alike (the caller warms them up first)."""
+    round-robin so that load from other processes hits them alike (the caller warms them up first).
+    ``on_done(n, total)`` after each timed encode."""
     runs: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
+    for r in range(repeats):
+        for j, (name, model) in enumerate(models.items()):
             started = time.perf_counter()
             model.encode(passages, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
             runs[name].append(time.perf_counter() - started)
+            if on_done is not None:
+                on_done(r * len(models) + j + 1, repeats * len(models))
     return {name: len(passages) / max(statistics.median(t), 1e-9) for name, t in runs.items()}
 
 
@@ -399,15 +403,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.report("export: parity check", 0.2)
     passages, source = parity_passages(cfg, ctx.input("ingest", "chunks"), e.parity_passages)
     torch_model = SentenceTransformer(str(model_dir), device="cpu")
-    reference = encode(torch_model, passages, batch_size=e.batch_size)
+    # The bar counts passages encoded: once with PyTorch, once with each exported file.
+    parity_total = len(passages) * (1 + len(files))
+
+    def parity(offset: int, kind: str):
+        return lambda n: ctx.advance(offset + n, parity_total, unit="passages", label="parity",
+                                     message=f"parity: {kind}")
+
+    reference = encode(torch_model, passages, batch_size=e.batch_size, on_done=parity(0, "PyTorch"))
     counts.update(parity_passages=len(passages), parity_source=source)
     onnx_models = {}
     passed: dict[str, tuple[bool, str]] = {}  # kind -> (parity passed, why not)
     full_dim = reference.shape[1]
     dims = sorted({d for d in cfg.train.matryoshka_dims if 0 < d < full_dim}, reverse=True)
-    for kind, file in files.items():
+    for i, (kind, file) in enumerate(files.items(), 1):
         onnx_models[kind] = load_onnx(staged, file)
-        got = encode(onnx_models[kind], passages, batch_size=e.batch_size)
+        got = encode(onnx_models[kind], passages, batch_size=e.batch_size,
+                     on_done=parity(i * len(passages), f"ONNX {kind}"))
         cos = cosines(reference, got)
         counts[f"{kind}_min_cosine"] = round(float(cos.min()), 6)
         counts[f"{kind}_mean_cosine"] = round(float(cos.mean()), 6)
@@ -442,8 +454,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                        max_corpus=e.retrieval_max_corpus, seed=cfg.run.seed)
             prompts = {"batch_size": e.batch_size, "query_prompt": cfg.model.query_prompt,
                        "passage_prompt": cfg.model.passage_prompt}
+            check = {"unit": "models", "label": "int8 retrieval check", "message": f"nDCG@10 on {folder.name}"}
+            ctx.advance(0, 2, **check)
             torch_ndcg = retrieval_ndcg(torch_model, task, **prompts)
+            ctx.advance(1, 2, **check)
             int8_ndcg = retrieval_ndcg(onnx_models["int8"], task, **prompts)
+            ctx.advance(2, 2, **check)
             drop = round((torch_ndcg - int8_ndcg) * 100, 3)
             counts.update(retrieval_check=f"{folder} ({why})", retrieval_split=split,
                           retrieval_queries=len(task.queries), retrieval_corpus=len(task.corpus),
@@ -489,7 +505,9 @@ def _choose(ctx: StageContext, torch_model: Any, onnx_models: dict[str, Any], fi
     ctx.report("export: timing the candidates on this CPU", 0.8)
     sample_ = passages[: e.speed_passages]
     speeds = time_encodes({PYTORCH: torch_model, **onnx_models}, sample_, repeats=e.speed_repeats,
-                          batch_size=e.batch_size)
+                          batch_size=e.batch_size,
+                          on_done=lambda n, total: ctx.advance(n, total, unit="encodes", label="timing",
+                                                               message="timing the candidates"))
     candidates = [Candidate(PYTORCH, None, speeds[PYTORCH])] + [
         Candidate(kind, files[kind], speeds[kind], *passed.get(kind, (False, "not checked"))) for kind in onnx_models]
     best, why = choose_backend(candidates)

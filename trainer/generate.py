@@ -438,8 +438,6 @@ def _bounded(executor: ThreadPoolExecutor, fn, items: list, limit: int, stop) ->
 
 def run(ctx: StageContext) -> dict[str, Any]:
     import datasets
-    from tqdm.auto import tqdm
-
 
     datasets.disable_progress_bars()
     cfg, g = ctx.cfg, ctx.cfg.generate
@@ -500,7 +498,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         # The embedded server answers one request at a time and reuses the previous prompt's cache: in order,
         # a chunk's questions (and retries) follow each other and pay for the passage once.
         workers = 1 if server is not None else g.concurrency
-        bar = tqdm(total=len(tasks), desc="generate", unit="task", disable=None)
+        # The bar counts questions asked (a rejected one counts too: it took the time) toward the planned
+        # number, or kept queries toward generate.max_queries when that stops the stage first.
+        capped = g.max_queries is not None and g.max_queries < len(tasks)
+        ctx.advance(0, g.max_queries if capped else len(tasks), unit="queries", kept=0)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for task, fut in _bounded(pool, work, tasks, workers * 2, stop):
                 try:
@@ -510,9 +511,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     raise
                 if results[task.task_id]["reason"] is None:
                     valid += 1
-                bar.update(1)
                 ctx.report(f"generate: {len(results)}/{len(tasks)} tasks, {valid} queries", len(results) / len(tasks))
-        bar.close()
+                if capped:
+                    ctx.advance(valid, g.max_queries, unit="queries", asked=len(results))
+                else:
+                    ctx.advance(len(results), len(tasks), unit="queries", kept=valid)
     finally:
         if server is not None:
             server.stop()

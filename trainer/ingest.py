@@ -85,9 +85,8 @@ def _summary(skips: list[Skip]) -> str:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     import datasets
-    from tqdm.auto import tqdm
 
-    datasets.disable_progress_bars()  # one bar for the stage, not one per shard save
+    datasets.disable_progress_bars()  # one bar for the stage (ctx.advance), not one per shard save
     cfg = ctx.cfg
     chunker = build_chunker(cfg)
     work = ctx.work
@@ -111,19 +110,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
         shard.clear()
         crash_point(f"ingest.shard.{len(shards)}")
 
-    bar = tqdm(desc="ingest", unit="doc", disable=None)
+    n_docs = 0
     for item in iter_documents(cfg.ingest, exclude=(cfg.run.dir,)):  # never our own outputs
         if isinstance(item, Skip):
             skips.append(item)
             continue
         shard.append(item)
-        bar.update(1)
+        n_docs += 1
+        ctx.advance(n_docs, unit="documents", skipped=len(skips))  # the total is known only at the end
         if len(shard) >= cfg.ingest.shard_size:
             flush()
-            ctx.report(f"ingest: {bar.n} documents", None)
+            ctx.report(f"ingest: {n_docs} documents", None)
     if shard:
         flush()
-    bar.close()
+    ctx.advance(n_docs, n_docs, unit="documents", skipped=len(skips))
 
     with (ctx.dir / "skipped.jsonl").open("w", encoding="utf-8") as fh:
         for s in skips:

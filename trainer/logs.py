@@ -98,15 +98,18 @@ def get_logger() -> logging.Logger:
     return logger
 
 
-def setup_console(verbose: bool = False) -> None:
+def setup_console(verbose: bool = False) -> logging.Handler:
+    """The console handler of the ``trainer`` logger (stderr), added once; returns it."""
     logger = get_logger()
-    if not any(getattr(h, "_trainer_console", False) for h in logger.handlers):
+    handler = next((h for h in logger.handlers if getattr(h, "_trainer_console", False)), None)
+    if handler is None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         handler.addFilter(RedactingFilter())
         handler._trainer_console = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    return handler
 
 
 def attach_run_log(run_dir: Path) -> logging.Handler:

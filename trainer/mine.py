@@ -379,15 +379,30 @@ class Encoder:
             self._model = load_model(self.cfg.model.name, self.cfg.model.max_seq_length)
         return self._model
 
-    def encode(self, texts: list[str], kind: str, prompt: str) -> np.ndarray:
-        return encode(self.model, texts, kind, batch_size=self.cfg.mine.batch_size, prompt=prompt, normalize=True)
+    def encode(self, texts: list[str], kind: str, prompt: str,
+               on_done: Callable[[int], None] | None = None) -> np.ndarray:
+        return encode(self.model, texts, kind, batch_size=self.cfg.mine.batch_size, prompt=prompt, normalize=True,
+                      on_done=on_done)
 
 
-def embed_cached(texts: list[str], folder: Path, encode: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
+def embed_cached(texts: list[str], folder: Path, encode: Callable[..., np.ndarray],
+                 advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
     """Embed in blocks of EMBED_BLOCK cached under ``folder`` (in _work: the base model and prompts are part of the
-    stage key); returns (embeddings, blocks reused)."""
-    return cached_encode(texts, encode, folder, folder.name, block=EMBED_BLOCK,
-                         on_block=lambda b: crash_point(f"mine.embed.{folder.name}.{b}"))
+    stage key); returns (embeddings, blocks reused). ``advance(n)``: texts embedded (or reused) so far.
+    ``encode(texts, on_done=None)``: the encoder, calling ``on_done(n)`` as it goes."""
+    before = 0  # texts in the blocks already done
+
+    def block_done(b: int) -> None:
+        nonlocal before
+        before = min(b * EMBED_BLOCK, len(texts))
+        if advance is not None:
+            advance(before)
+        crash_point(f"mine.embed.{folder.name}.{b}")
+
+    def encode_block(chunk: list[str]) -> np.ndarray:
+        return encode(chunk, on_done=(lambda n: advance(before + n)) if advance is not None else None)
+
+    return cached_encode(texts, encode_block, folder, folder.name, block=EMBED_BLOCK, on_block=block_done)
 
 
 # ---------------------------------------------------------------- outputs
@@ -524,11 +539,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if len(made) < n_pairs:
             log.warning("mine: %d corpus-derived pairs asked for, %d chunks qualified", n_pairs, len(made))
     encoder = Encoder(cfg)
-    p_emb, p_reused = embed_cached(passages, ctx.work / "passages",
-                                   lambda t: encoder.encode(t, "document", cfg.model.passage_prompt))
+    p_emb, p_reused = embed_cached(
+        passages, ctx.work / "passages", lambda t, on_done: encoder.encode(t, "document", cfg.model.passage_prompt,
+                                                                          on_done),
+        lambda n: ctx.advance(n, len(passages), unit="passages", label="passages embedded"))
     ctx.report("mine: passages embedded", 0.6)
-    q_emb, q_reused = embed_cached([q.text for q in train], ctx.work / "queries",
-                                   lambda t: encoder.encode(t, "query", cfg.model.query_prompt))
+    q_emb, q_reused = embed_cached(
+        [q.text for q in train], ctx.work / "queries",
+        lambda t, on_done: encoder.encode(t, "query", cfg.model.query_prompt, on_done),
+        lambda n: ctx.advance(n, len(train), unit="queries", label="queries embedded"))
     custom = [i for i, q in enumerate(train) if q.positive_text is not None]
     custom_emb = dict(zip(custom, encoder.encode([train[i].positive_text for i in custom], "document",
                                                  cfg.model.passage_prompt))) if custom else {}
@@ -611,6 +630,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         for i, found in zip(batch, candidates(batch, depth)):
             mine(i, found)
         ctx.report(f"mine: {min(start + 1024, len(train))}/{len(train)} queries", 0.6 + 0.3 * start / len(train))
+        ctx.advance(min(start + 1024, len(train)), len(train), unit="queries", label="queries mined")
     short = [i for i in everyone if len(train[i].negatives) < k and not train[i].round_trip_dropped]
     wide = min(len(pool), mc.candidates * WIDEN_FACTOR)
     widened = short if wide > depth else []

@@ -19,6 +19,7 @@ from trainer import evaluate, export, generate, ingest, mine, publish, train
 from trainer.config import Config
 from trainer.errors import StageError
 from trainer.logs import attach_run_log, get_logger
+from trainer.progress import Sink
 from trainer.rundir import ProgressFn, RunDir, Stage, StageOutcome, run_stage, stage_status
 
 # Stages in pipeline order.
@@ -52,8 +53,12 @@ def run_pipeline(
     only: str | None = None,
     force: bool = False,
     progress: ProgressFn | None = None,
+    progress_sinks: tuple[Sink, ...] = (),
 ) -> list[StageOutcome]:
-    """Run one stage (``only``) or the chain up to ``to`` in ``cfg.run.dir``; finished stages are no-ops."""
+    """Run one stage (``only``) or the chain up to ``to`` in ``cfg.run.dir``; finished stages are no-ops.
+
+    Each stage's counters go to ``<run>/progress.json`` and to ``progress_sinks`` (the CLI's bar,
+    :class:`trainer.progress.ConsoleBar`)."""
     stages = [STAGES[only]] if only else chain(to or STAGE_NAMES[-1])
     run_dir = RunDir(cfg.run.dir)
     outcomes = []
@@ -68,7 +73,8 @@ def run_pipeline(
                 if why:
                     get_logger().info("stage %s: not needed (%s)", stage.name, why)
                     continue
-                outcomes.append(run_stage(stage, cfg, run_dir, force=force and is_target, progress=progress))
+                outcomes.append(run_stage(stage, cfg, run_dir, force=force and is_target, progress=progress,
+                                          progress_sinks=progress_sinks))
         finally:
             get_logger().removeHandler(handler)
             handler.close()

@@ -19,11 +19,13 @@ Example::
 from __future__ import annotations
 
 import json
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from trainer.files import write_json_atomic
 
@@ -63,6 +65,14 @@ class ProgressHook:
         self._label: str | None = None
         self._first: tuple[float, float] = (0.0, 0.0)  # (time, done) at the first update of the label
         self._written = 0.0
+        self._unwritten: Progress | None = None  # the latest state, when the throttle held it back
+
+    def start(self, message: str = "starting") -> None:
+        """Say that the stage started (before its first count), so readers do not show the previous stage's bar."""
+        now = time.time()
+        self._label = None
+        self._write(Progress(self.stage, "", 0.0, None, "", now, now, message=message))
+        self._written = 0.0  # the first count is written at once
 
     def update(self, done: float, total: float | None = None, *, unit: str = "items", label: str | None = None,
                message: str = "", **extra: Any) -> None:
@@ -81,8 +91,18 @@ class ProgressHook:
             sink(p)
         final = total is not None and done >= total
         if final or now - self._written >= WRITE_EVERY_S:
-            self._written = now
-            write_json_atomic(self.path, asdict(p))
+            self._write(p)
+        else:
+            self._unwritten = p
+
+    def flush(self) -> None:
+        """Write the latest state if the throttle held it back (the stage calls this when it ends)."""
+        if self._unwritten is not None:
+            self._write(self._unwritten)
+
+    def _write(self, p: Progress) -> None:
+        self._written, self._unwritten = time.time(), None
+        write_json_atomic(self.path, asdict(p))
 
 
 def read_progress(run_root: str | Path) -> Progress | None:
@@ -103,13 +123,15 @@ def _duration(seconds: float) -> str:
 
 def format_bar(p: Progress, width: int = 24) -> str:
     """One line: ``generate [#####.....] 120/600 queries · 14.2 queries/min · ETA 33 min · loss 0.41``."""
+    if not p.label:  # started, nothing counted yet
+        return f"{p.stage}: {p.message}" if p.message else p.stage
     parts = [p.stage]
     if p.fraction is not None:
         filled = round(width * p.fraction)
         parts.append("[" + "#" * filled + "." * (width - filled) + "]")
     count = f"{p.done:g}/{p.total:g}" if p.total is not None else f"{p.done:g}"
     parts.append(f"{count} {p.unit}")
-    tail = []
+    tail = [p.message] if p.message else []
     if p.rate_per_min is not None:
         tail.append(f"{p.rate_per_min:.1f} {p.unit}/min")
     if p.eta_s is not None:
@@ -117,3 +139,50 @@ def format_bar(p: Progress, width: int = 24) -> str:
     tail += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.extra.items()]
     line = " ".join(parts)
     return " · ".join([line, *tail]) if tail else line
+
+
+class ConsoleBar:
+    """The CLI's sink: one line on ``stream``. On a terminal it is redrawn in place (``\\r``, at most 5 times a
+    second); otherwise (a log file such as the Space's job.log) a full line is printed when a count starts,
+    when it ends and every ``every_s`` seconds in between, so the file gets periodic lines, not a flood.
+
+    Log records must not land in the middle of the bar: the console's log handler calls :meth:`clear` first.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None, every_s: float = 10.0):
+        self.stream = stream or sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty()) if tty is None else tty
+        self.every_s = 0.2 if self.tty else every_s
+        self._shown = ""  # the bar on screen (terminal only)
+        self._last = 0.0
+        self._key: tuple[str, str] | None = None
+        self._ended: tuple[str, str] | None = None  # a count whose final line was printed
+        self._lock = threading.Lock()
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        key = (p.stage, p.label)
+        final = p.total is not None and p.done >= p.total
+        if key == self._key and ((now - self._last < self.every_s and not final) or key == self._ended):
+            return
+        self._key, self._last = key, now
+        self._ended = key if final else None
+        line = format_bar(p)
+        with self._lock:
+            if self.tty:
+                width = max(len(self._shown), len(line))
+                self.stream.write("\r" + line.ljust(width))
+                self._shown = line
+            else:
+                self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def clear(self) -> None:
+        """Erase the bar from the terminal line (before a log record is printed); the next update redraws it."""
+        with self._lock:
+            if self.tty and self._shown:
+                self.stream.write("\r" + " " * len(self._shown) + "\r")
+                self.stream.flush()
+                self._shown = ""
+                self._key = None  # redraw at the next update

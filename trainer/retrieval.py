@@ -63,16 +63,26 @@ def model_fingerprint(model: Any) -> str:
 
 
 def encode(model: Any, texts: list[str], kind: str = "document", *, batch_size: int = 32, prompt: str = "",
-           normalize: bool = False) -> np.ndarray:
-    """float32 embeddings of ``texts`` (``kind``: 'query' or 'document')."""
+           normalize: bool = False, on_done: Callable[[int], None] | None = None, step: int = 256) -> np.ndarray:
+    """float32 embeddings of ``texts`` (``kind``: 'query' or 'document'). With ``on_done``, encoded in slices
+    of ``step`` texts and ``on_done(n)`` called after each with the number encoded so far (a progress bar)."""
     import torch
 
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
+    if on_done is not None and len(texts) > step:
+        parts = []
+        for start in range(0, len(texts), step):
+            parts.append(encode(model, texts[start:start + step], kind, batch_size=batch_size, prompt=prompt,
+                                normalize=normalize))
+            on_done(min(start + step, len(texts)))
+        return np.concatenate(parts)
     fn = getattr(model, "encode_query" if kind == "query" else "encode_document", None) or model.encode
     with torch.inference_mode():
         emb = fn(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False,
                  prompt=prompt or None, normalize_embeddings=normalize)
+    if on_done is not None:
+        on_done(len(texts))
     return np.asarray(emb, dtype=np.float32)
 
 

@@ -18,8 +18,9 @@ A stage's *key* hashes its config sections, its code version, its external input
 fingerprints of the upstream outputs it reads (only those: a log file next to them changes
 nothing downstream). Same key and a complete manifest whose outputs are intact: the stage is a
 no-op. A different key: the old output is archived (never deleted) and the stage runs again;
-downstream stages see a new fingerprint and re-run too. A manifest left 'running' by a crash with
-the same key: the stage resumes from its _work folder.
+downstream stages see a new fingerprint and re-run too. A manifest left 'running' (the process was
+killed) or 'failed' (the stage raised; its one-line ``error`` is recorded) with the same key: the stage
+resumes from its _work folder.
 
 Example::
 
@@ -45,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import Config
-from trainer.errors import StageError
+from trainer.errors import StageError, TrainerError, disk_error
 from trainer.files import fingerprint, write_json_atomic, write_text_atomic
-from trainer.logs import get_logger
+from trainer.logs import get_logger, redact
 from trainer.progress import ProgressHook, Sink
 
 MANIFEST = "manifest.json"
@@ -160,13 +161,17 @@ class StageContext:
         if self.progress is not None:
             self.progress(message, fraction)
 
+    @property
+    def hook(self) -> ProgressHook:
+        if self._hook is None:
+            self._hook = ProgressHook(self.run_dir.root, self.stage.name, self.progress_sinks)
+        return self._hook
+
     def advance(self, done: float, total: float | None = None, *, unit: str = "items", label: str | None = None,
                 message: str = "", **extra: Any) -> None:
         """Report the stage's own counter (``ctx.advance(120, 600, unit="queries")``): written to
         ``<run>/progress.json`` with rate and ETA (the Space's bar) and handed to the CLI's bar."""
-        if self._hook is None:
-            self._hook = ProgressHook(self.run_dir.root, self.stage.name, self.progress_sinks)
-        self._hook.update(done, total, unit=unit, label=label, message=message, **extra)
+        self.hook.update(done, total, unit=unit, label=label, message=message, **extra)
 
 
 @dataclass
@@ -244,6 +249,19 @@ class RunDir:
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
+
+    def is_locked(self) -> bool:
+        """Whether a process holds :meth:`lock` (is working in this run directory) right now."""
+        path = self.root / ".lock"
+        if not path.is_file():
+            return False
+        with path.open("a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
 
     def save_config(self, cfg: Config) -> None:
         """Write config.yaml; a different earlier one is kept under history/."""
@@ -334,6 +352,7 @@ def run_stage(
     *,
     force: bool = False,
     progress: ProgressFn | None = None,
+    progress_sinks: tuple[Sink, ...] = (),
 ) -> StageOutcome:
     """Run one stage in ``run_dir``: a no-op when up to date, a resume after a crash."""
     log = get_logger()
@@ -349,7 +368,8 @@ def run_stage(
             return StageOutcome(stage.name, "skipped", old)
         log.warning("stage %s: %s after it finished; running it again", stage.name, problem)
 
-    resumed = bool(old) and old.get("status") == "running" and old.get("key") == key and not force
+    # "running" (killed) and "failed" (raised) both left their _work folder to resume from
+    resumed = bool(old) and old.get("status") in ("running", "failed") and old.get("key") == key and not force
     if sdir.exists() and not resumed:
         if old is None and not any(sdir.iterdir()):
             pass
@@ -378,12 +398,23 @@ def run_stage(
     write_json_atomic(sdir / MANIFEST, manifest)
     log.info("stage %s: %s (key %s)", stage.name, "resuming" if resumed else "starting", key[:10])
 
-    ctx = StageContext(cfg=cfg, run_dir=run_dir, stage=stage, resumed=resumed, progress=progress)
-    counts = stage.run(ctx)
-
-    missing = [n for n in stage.writes if not (sdir / n).exists()]
-    if missing:
-        raise StageError(f"stage {stage.name!r} finished without writing its declared outputs {missing} in {sdir}")
+    ctx = StageContext(cfg=cfg, run_dir=run_dir, stage=stage, resumed=resumed, progress=progress,
+                       progress_sinks=progress_sinks)
+    ctx.hook.start("resuming" if resumed else "starting")
+    try:
+        counts = stage.run(ctx)
+        missing = [n for n in stage.writes if not (sdir / n).exists()]
+        if missing:
+            raise StageError(f"stage {stage.name!r} finished without writing its declared outputs {missing} in "
+                             f"{sdir}")
+    except Exception as exc:
+        # Recorded for `status` and the Space; the stage still resumes from _work on the next run. A kill
+        # (SIGKILL, or SIGTERM/Ctrl-C: KeyboardInterrupt) records nothing and reads "interrupted".
+        manifest.update(status="failed", error=failure_reason(exc), failed=time.time())
+        write_json_atomic(sdir / MANIFEST, manifest)
+        raise
+    finally:
+        ctx.hook.flush()
     shutil.rmtree(sdir / WORK, ignore_errors=True)
     finished = time.time()
     manifest.update(
@@ -399,13 +430,35 @@ def run_stage(
     return StageOutcome(stage.name, "resumed" if resumed else "ran", manifest)
 
 
+def failure_reason(exc: BaseException, limit: int = 300) -> str:
+    """One line saying why a stage failed, secrets redacted: the first line of the error (a full disk or a
+    file in the way as its fix), with the exception type for errors that are not the trainer's own.
+
+    >>> failure_reason(StageError("no chunks to generate queries for\\nmore detail"))
+    'no chunks to generate queries for'
+    >>> failure_reason(ValueError("token hf_abcdefghijklmnop leaked"))
+    'ValueError: token *** leaked'
+    """
+    error = disk_error(exc) if not isinstance(exc, TrainerError) else None
+    if error is not None:
+        exc = error
+    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else ""
+    if not isinstance(exc, TrainerError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    text = redact(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def stage_status(stage: Stage, cfg: Config, run_dir: RunDir) -> str:
-    """'complete', 'stale (...)' (settings, upstream or outputs changed), 'failed or interrupted', 'missing'."""
+    """'complete', 'stale (...)' (settings, upstream or outputs changed), 'running', 'failed: <reason> (...)',
+    'interrupted (...)' (killed: left 'running' with no process working in the run directory), 'missing'."""
     m = run_dir.manifest(stage.name)
     if not m:
         return "missing"
+    if m.get("status") == "failed":
+        return f"failed: {m.get('error') or 'unknown error'} (run it again to resume)"
     if m.get("status") != "complete":
-        return "failed or interrupted (run it again to resume)"
+        return "running" if run_dir.is_locked() else "interrupted (run it again to resume)"
     problem = verify_outputs(stage, run_dir, m)
     if problem:
         return f"stale ({problem}: run it again)"

@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -57,6 +58,7 @@ from trainer.files import atomic_dir, free_port, write_json_atomic
 from trainer.hub import checkpoint_hub_kwargs, hub_token_env
 from trainer.logs import get_logger, redact
 from trainer.models import model_max_length, resolve_model
+from trainer.progress import ProgressHook
 from trainer.rundir import Input, Stage, StageContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,7 +279,7 @@ def _move_aside(ckpt: Path, archive: Path) -> Path:
     return dest
 
 
-def _callbacks(report, log):
+def _callbacks(report, log, advance=None):
     from transformers import TrainerCallback
 
     class Faults(TrainerCallback):
@@ -294,6 +296,7 @@ def _callbacks(report, log):
             self.started = 0.0
             self.seconds = 0.0
             self.steps = 0
+            self.loss: float | None = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.start_step, self.started = state.global_step, time.perf_counter()
@@ -301,6 +304,7 @@ def _callbacks(report, log):
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             if "loss" in logs:
+                self.loss = float(logs["loss"])
                 log.info("train: step %d/%d loss %.4f lr %.2e", state.global_step, state.max_steps, logs["loss"],
                          logs.get("learning_rate", 0.0))
             scores = {k[len("eval_" + VAL_NAME) + 1:]: v for k, v in logs.items() if k.startswith("eval_" + VAL_NAME)}
@@ -312,6 +316,9 @@ def _callbacks(report, log):
         def on_step_end(self, args, state, control, **kwargs):
             if report is not None and state.max_steps:
                 report(f"train: step {state.global_step}/{state.max_steps}", state.global_step / state.max_steps)
+            if advance is not None and state.max_steps:
+                extra = {"loss": round(self.loss, 4)} if self.loss is not None else {}
+                advance(state.global_step, state.max_steps, unit="steps", epoch=round(state.epoch or 0, 2), **extra)
 
         def on_train_end(self, args, state, control, **kwargs):
             self.seconds = time.perf_counter() - self.started
@@ -331,10 +338,14 @@ def fit(
     lr: float,
     *,
     report=None,
+    advance=None,
     log=None,
     archive: Path | None = None,
 ) -> dict[str, Any]:
     """Train once at ``lr`` into ``out`` (checkpoints in out/checkpoints, the model in out/final).
+
+    ``advance(step, max_steps, unit="steps", loss=..., epoch=...)`` gets the counter after each step
+    (``StageContext.advance``; a worker of a multi-process run writes the run's progress.json itself).
 
     Resumes from the last complete checkpoint (a damaged one is moved to ``archive``). Returns (and writes to
     out/result.json) the counts.
@@ -430,7 +441,7 @@ def fit(
         dataloader_drop_last=False,
         **hub,
     )
-    faults, meter = _callbacks(report if rank == 0 else None, log)
+    faults, meter = _callbacks(report if rank == 0 else None, log, advance if rank == 0 else None)
     callbacks = [faults, meter]
     if validate and t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
@@ -543,7 +554,7 @@ def _fit_in_workers(ctx: StageContext, train_path: Path, val: dict | None, out: 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(job, {
         "config": ctx.cfg.model_dump(mode="json"), "train": str(train_path), "val": val, "out": str(out), "lr": lr,
-        "archive": str(ctx.run_dir.archive_dir),
+        "archive": str(ctx.run_dir.archive_dir), "run_root": str(ctx.run_dir.root),
     })
     cmd = launch_command(ctx.cfg, job)
     ctx.log.info("train: launching %d workers: %s", ctx.cfg.train.num_processes, " ".join(cmd))
@@ -565,8 +576,11 @@ def _worker_main(job_path: str) -> None:
 
     job = json.loads(Path(job_path).read_text())
     cfg = Config.model_validate(job["config"])
+    hook = ProgressHook(job["run_root"], "train") if job.get("run_root") else None
     fit(cfg, datasets.load_from_disk(job["train"]), job["val"], Path(job["out"]), job["lr"],
-        archive=Path(job["archive"]) if job.get("archive") else None)
+        advance=hook.update if hook else None, archive=Path(job["archive"]) if job.get("archive") else None)
+    if hook:
+        hook.flush()
 
 
 # ---------------------------------------------------------------------------------------------- stage
@@ -619,7 +633,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if t.num_processes > 1:
             results.append(_fit_in_workers(ctx, train_path, val, out, lr))
         else:
+            sweep = {"label": f"steps lr {lr:g}", "message": f"lr {lr:g} ({i + 1}/{len(lrs)})"} if t.lr_sweep else {}
             results.append(fit(cfg, train_rows, val, out, lr, report=ctx.report, log=ctx.log,
+                               advance=functools.partial(ctx.advance, **sweep),
                                archive=ctx.run_dir.archive_dir))
     best_i = max(range(len(results)), key=lambda j: results[j]["best_val_ndcg@10"] or -1.0) if t.lr_sweep else 0
     best = results[best_i]
