@@ -230,7 +230,8 @@ def test_failed_parity_stops_the_stage_and_the_rerun_reuses_the_export(tmp_path,
                                          r"over 12 passages.*export.on_parity_failure=warn"):
         run_export(cfg)
     rd = RunDir(cfg.run.dir)
-    assert rd.manifest("export")["status"] == "running"
+    m = rd.manifest("export")
+    assert m["status"] == "failed" and "export.min_cosine 0.999" in m["error"] and "\n" not in m["error"]
     assert (rd.stage_dir("export") / "_work" / "onnx" / FP32_FILE).is_file()
     monkeypatch.setattr(export, "cosines", real)
     calls = []

@@ -16,7 +16,7 @@ import textwrap
 
 from trainer.config import Config, explain, load_config
 from trainer.errors import TrainerError, disk_error
-from trainer.logs import redact, setup_console
+from trainer.logs import get_logger, library_warnings, redact, setup_console
 from trainer.progress import ConsoleBar
 from trainer.rundir import RunDir
 
@@ -178,13 +178,18 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{'':10s} reads  {', '.join(c['reads']) or '-'}")
                     print(f"{'':10s} writes {', '.join(c['writes'] + [f'{w} (if any)' for w in c['may_write']])}")
             return 0
+        lib = None
         try:
-            if args.command == "run":
-                outcomes = run_pipeline(cfg, to=args.to, force=args.force, progress_sinks=(bar,))
-            else:
-                outcomes = run_pipeline(cfg, only=args.command, force=args.force, progress_sinks=(bar,))
+            with library_warnings(RunDir(cfg.run.dir).root, args.verbose) as lib:
+                if args.command == "run":
+                    outcomes = run_pipeline(cfg, to=args.to, force=args.force, progress_sinks=(bar,))
+                else:
+                    outcomes = run_pipeline(cfg, only=args.command, force=args.force, progress_sinks=(bar,))
         finally:
             bar.clear()
+            if lib is not None and lib.count and lib.path is not None:
+                get_logger().info("%d library warnings written to %s (--verbose shows them here)", lib.count,
+                                  lib.path)
         for o in outcomes:
             print(f"{o.stage}: {o.action} -> {RunDir(cfg.run.dir).stage_dir(o.stage)}  "
                   f"{json.dumps(o.manifest.get('counts', {}), default=str)}")

@@ -13,11 +13,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import re
+import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 LOGGER_NAME = "trainer"
@@ -109,6 +112,9 @@ def setup_console(verbose: bool = False) -> logging.Handler:
         handler._trainer_console = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Our lines are printed here: a stderr handler that a library puts on the root logger (onnxruntime's
+    # quantizer calls logging.info, i.e. logging.basicConfig) must not print them a second time.
+    logger.propagate = False
     return handler
 
 
@@ -120,3 +126,74 @@ def attach_run_log(run_dir: Path) -> logging.Handler:
     handler.addFilter(RedactingFilter())
     get_logger().addHandler(handler)
     return handler
+
+
+# Libraries that print through a stderr handler of their own (the others propagate to the root logger).
+_SELF_PRINTING = ("transformers", "datasets")
+WARNINGS_FILE = "warnings.log"
+
+
+class LibraryWarnings:
+    """Where library warnings went during :func:`library_warnings`: ``count`` records, to ``path`` (or stderr)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.count = 0
+
+    def _counting(self, record: logging.LogRecord) -> bool:
+        self.count += 1
+        return True
+
+
+@contextlib.contextmanager
+def library_warnings(run_dir: Path, verbose: bool = False) -> Iterator[LibraryWarnings]:
+    """Keep library warnings (``warnings.warn`` of torch, transformers, ...; the loggers of transformers, datasets,
+    sentence-transformers, mteb, onnxruntime, ...) out of the console and the run log: they go to
+    ``<run_dir>/warnings.log`` (to stderr with ``verbose``). The ``trainer`` logger stops propagating to the root
+    logger meanwhile: a library that configures the root logger (onnxruntime's quantizer calls
+    ``logging.info``, which installs a stderr handler on first use) would otherwise print every line twice.
+    Everything is put back on exit.
+    """
+    import warnings
+
+    ours = get_logger()
+    root = logging.getLogger()
+    saved = {"propagate": ours.propagate, "root_level": root.level, "libs": {}, "filters": warnings.filters[:]}
+    for name in _SELF_PRINTING:  # configure them now (as their import would), then route them to the root
+        with contextlib.suppress(ImportError):
+            __import__(f"{name}.utils.logging", fromlist=["get_logger"]).get_logger(name)
+        lib = logging.getLogger(name)
+        own = [h for h in lib.handlers if type(h) is logging.StreamHandler]
+        saved["libs"][name] = (own, lib.propagate)
+        for h in own:
+            lib.removeHandler(h)
+        lib.propagate = True
+    result = LibraryWarnings(None if verbose else Path(run_dir) / WARNINGS_FILE)
+    if result.path is None:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler = logging.FileHandler(result.path, encoding="utf-8", delay=True)  # created on the first warning
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(RedactingFilter())
+    handler.addFilter(result._counting)
+    ours.propagate = False
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")  # each distinct warning once per location, as Python's default does
+    try:
+        yield result
+    finally:
+        logging.captureWarnings(False)
+        warnings.filters[:] = saved["filters"]
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(saved["root_level"])
+        ours.propagate = saved["propagate"]
+        for name, (own, propagate) in saved["libs"].items():
+            lib = logging.getLogger(name)
+            for h in own:
+                lib.addHandler(h)
+            lib.propagate = propagate

@@ -4,6 +4,7 @@ Layout::
 
     <run>/config.yaml               the config of the latest invocation (older ones in history/)
     <run>/run.log                   every log line of every invocation (secrets redacted)
+    <run>/progress.json             the running stage's counter (``ctx.advance``; trainer/progress.py)
     <run>/stages/<stage>/           the stage's outputs (datasets saved to disk, model folders, ...)
     <run>/stages/<stage>/manifest.json
     <run>/stages/<stage>/_work/     partial work of a running or crashed stage (resumed from)
