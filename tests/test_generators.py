@@ -274,3 +274,32 @@ def test_generator_plan_estimates_requests_minutes_and_cost():
 def test_config_refuses_ambiguous_or_incomplete_generators(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+# --- the embedded generator on a GPU (what can be checked on a CPU) --------------------------------------
+
+
+def test_gpu_choice_and_server_command():
+    from trainer.generators import embedded_generator
+    from trainer.llm_server import gpu_layers
+
+    assert gpu_layers("auto", cuda=True, gpu_build=True) == -1
+    assert gpu_layers("auto", cuda=True, gpu_build=False) == 0  # a CPU-only wheel: CPU, with a warning
+    assert gpu_layers("auto", cuda=False, gpu_build=True) == 0
+    assert gpu_layers(12, cuda=False, gpu_build=False) == 12
+    server = LocalLLMServer(resolve_generator("smollm2-135m-instruct-q4_1"), n_gpu_layers=-1)
+    server.port = 1
+    cmd = server.command()
+    assert cmd[cmd.index("--n_gpu_layers") + 1] == "-1"
+    a100 = load_config(None, ["train.profile=a100"])
+    assert embedded_generator(a100, online=True, cuda=True).startswith("hf://bartowski/Qwen2.5-14B-Instruct-GGUF/")
+    assert embedded_generator(a100, online=True, cuda=False) == "qwen2.5-coder-0.5b-instruct-q4_k_m"
+    assert embedded_generator(load_config(None, ["train.profile=cpu"]), online=True, cuda=True) \
+        == "qwen2.5-coder-0.5b-instruct-q4_k_m"
+    chosen = load_config(None, ["train.profile=t4", "generate.generator=smollm2-135m-instruct-q4_1"])
+    assert embedded_generator(chosen, online=True, cuda=True) == "smollm2-135m-instruct-q4_1"  # yours wins
+    # offline (the test suite, a Space without the Hub) the identity, hence the stage key, is unchanged
+    from trainer.generate import generator_identity
+
+    assert generator_identity(load_config(None, ["train.profile=t4"])).startswith(
+        "gguf:qwen2.5-coder-0.5b-instruct-q4_k_m:")

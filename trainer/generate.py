@@ -41,7 +41,15 @@ from trainer.config import QUERY_TYPES, Config
 from trainer.dataset_io import save_rows
 from trainer.errors import StageError
 from trainer.files import sha256_file
-from trainer.generators import concurrency, format_plan, generator_kind, generator_plan, running_endpoint
+from trainer.generators import (
+    concurrency,
+    embedded_generator,
+    format_plan,
+    generator_kind,
+    generator_plan,
+    resolve_embedded,
+    running_endpoint,
+)
 from trainer.llm_client import ChatClient, EndpointError, public_url
 from trainer.llm_server import LocalLLMServer, gpu_layers
 from trainer.logs import redact
@@ -326,9 +334,12 @@ def generator_identity(cfg: Config) -> str:
         return f"inference-endpoint:{ep.namespace + '/' if ep.namespace else ''}{ep.name}|{ep.repository}"
     if g.endpoint:
         return redact(f"endpoint:{public_url(g.endpoint)}|{g.model}")
-    if g.generator in GENERATORS:
-        return f"gguf:{g.generator}:{GENERATORS[g.generator][1][:16]}"
-    return f"gguf:{Path(g.generator).name}:{sha256_file(resolve_generator(g.generator))[:16]}"
+    name = embedded_generator(cfg)
+    if name.startswith("hf://"):  # a GPU profile's larger generator from the Hub (repo and file name it)
+        return f"gguf:{name[len('hf://'):]}"
+    if name in GENERATORS:
+        return f"gguf:{name}:{GENERATORS[name][1][:16]}"
+    return f"gguf:{Path(name).name}:{sha256_file(resolve_generator(name))[:16]}"
 
 
 def _judge_enabled(cfg: Config) -> bool:
@@ -485,7 +496,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         elif gen_kind == "endpoint":
             client = ChatClient(g.endpoint, model=g.model, token=token, timeout=g.timeout_s, max_retries=g.max_retries)
         else:
-            server = LocalLLMServer(resolve_generator(g.generator), n_threads=g.server_threads,
+            server = LocalLLMServer(resolve_embedded(embedded_generator(cfg)), n_threads=g.server_threads,
                                     n_gpu_layers=gpu_layers(g.gpu_layers), log_path=ctx.dir / "server.log")
             stack.callback(server.stop)
             server.start()

@@ -396,3 +396,58 @@ def running_endpoint(spec: InferenceEndpointSpec, token: str | None) -> Iterator
         yield launched
     finally:
         release_endpoint(launched, spec)
+
+
+# --- the embedded generator on a GPU Space -------------------------------------------------------------
+
+DEFAULT_GENERATOR = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+# Larger GGUF generators for the GPU profiles, fetched from the Hub when online (Q4_K_M: 4.7 GB and 9.0 GB,
+# in a T4's 16 GB and an A100's 40-80 GB with room for the context). Offline or on the CPU: the default.
+GPU_GENERATORS: dict[str, tuple[str, str]] = {
+    "t4": ("bartowski/Qwen2.5-7B-Instruct-GGUF", "Qwen2.5-7B-Instruct-Q4_K_M.gguf"),
+    "a100": ("bartowski/Qwen2.5-14B-Instruct-GGUF", "Qwen2.5-14B-Instruct-Q4_K_M.gguf"),
+}
+
+
+def embedded_generator(cfg: Config, *, online: bool | None = None, cuda: bool | None = None) -> str:
+    """The embedded server's weights: generate.generator as set, except the default on a t4/a100 profile with
+    CUDA and the Hub reachable: the profile's larger GGUF, as ``hf://<repo>/<file>``.
+
+        >>> from trainer.config import load_config
+        >>> embedded_generator(load_config(None, ["train.profile=t4"]), online=True, cuda=True)
+        'hf://bartowski/Qwen2.5-7B-Instruct-GGUF/Qwen2.5-7B-Instruct-Q4_K_M.gguf'
+        >>> embedded_generator(load_config(None, ["train.profile=t4"]), online=False, cuda=True)
+        'qwen2.5-coder-0.5b-instruct-q4_k_m'
+    """
+    g = cfg.generate
+    profile = cfg.train.profile
+    if g.generator != DEFAULT_GENERATOR or profile not in GPU_GENERATORS:
+        return g.generator
+    if cuda is None:
+        from trainer.llm_server import cuda_available
+
+        cuda = cuda_available()
+    if not cuda:
+        return g.generator
+    if online is None:
+        from trainer.models import hub_reachable, is_offline
+
+        online = not is_offline() and hub_reachable()
+    if not online:
+        return g.generator
+    repo, filename = GPU_GENERATORS[profile]
+    return f"hf://{repo}/{filename}"
+
+
+def resolve_embedded(name: str):
+    """A local GGUF path for ``embedded_generator``'s answer (``hf://`` files downloaded once to the HF cache)."""
+    from trainer.models import resolve_generator
+
+    if name.startswith("hf://"):
+        from pathlib import Path
+
+        from huggingface_hub import hf_hub_download
+
+        repo, filename = name[len("hf://"):].rsplit("/", 1)
+        return Path(hf_hub_download(repo, filename))
+    return resolve_generator(name)
