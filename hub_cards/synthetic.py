@@ -29,10 +29,10 @@ with domain-embed. Each row holds the query, its type (factual, contextual, mult
 was written from (`positive_chunk_ids`, `hop_contexts`) and, when a judge ran, its scores.
 
 ## Generation
-- generator: `{generator}`
-- prompt version: `{prompt_version}`
+- generator: `{generator}` ({generator_kind})
+{generator_detail}- prompt version: `{prompt_version}`
 - questions per chunk: {qpc}; hops: {min_hops}-{max_hops}; temperature {temperature}
-- LLM judge: {judge} (threshold {threshold}/10)
+- LLM judge: {judge}{judge_model} (threshold {threshold}/10)
 - near-duplicate filter: cosine >= {dedupe}; easiness filter: copied runs >= {copy:.0%} of the query
 - candidates per query: {candidates} (the valid one sharing the fewest content words with its passage is kept;
   `mean word overlap` below is that share, averaged over the kept queries)
@@ -56,7 +56,20 @@ def synthetic_card(cfg: Config, counts: dict[str, Any]) -> DatasetCard:
         language=["en"],
         pretty_name=f"Synthetic queries ({cfg.ingest.source})",
     )
+    kind = counts.get("generator_kind", "embedded" if not g.endpoint else "endpoint")
+    kinds = {"embedded": "embedded llama.cpp server, offline", "provider": "Hugging Face Inference Providers",
+             "inference_endpoint": "dedicated Hugging Face Inference Endpoint (TGI)", "endpoint": "an endpoint URL"}
+    detail = ""
+    if counts.get("provider"):
+        detail = f"- provider: `{counts['provider']}`, model `{counts.get('provider_model')}`\n"
+    ep = counts.get("inference_endpoint")
+    if ep:
+        detail = (f"- inference endpoint: `{ep.get('namespace')}/{ep.get('name')}` serving `{ep.get('repository')}` "
+                  f"({'created by this run' if ep.get('created_by_run') else 'the owner’s existing endpoint'}, "
+                  "paused when generation ended)\n")
+    judge_model = f", model `{counts['judge_model']}`" if counts.get("judge_model") else ""
     text = _TEMPLATE.format(
+        generator_kind=kinds.get(kind, kind), generator_detail=detail, judge_model=judge_model,
         card_data=data.to_yaml(), source=cfg.ingest.source, domain=cfg.domain,
         generator=counts.get("generator", g.endpoint or g.generator), prompt_version=PROMPT_VERSION,
         qpc=g.questions_per_chunk, min_hops=g.min_hops, max_hops=g.max_hops, temperature=g.temperature,

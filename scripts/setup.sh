@@ -9,13 +9,19 @@ WHEELS=${DOMAIN_EMBED_WHEELS:-$HOME/.cache/domain-embed/wheels}
 .venv/bin/python -m pip install -q --upgrade "pip>=24"
 .venv/bin/pip install -q "$(grep -E '^torch==' requirements.txt)"
 
-# llama-cpp-python ships only an sdist: build its wheel once (portable AVX2 build) and keep it.
+# llama-cpp-python ships only an sdist: build its wheel once (portable AVX2 build) and keep it. Where nvcc
+# exists (a GPU Space, a CUDA machine) the wheel is built with CUDA (-DGGML_CUDA=on) in its own folder, so the
+# embedded generator runs on the GPU (generate.gpu_layers=auto); DOMAIN_EMBED_LLAMA_CUDA=0 forces the CPU build.
 LLAMA=$(grep -oE '^llama-cpp-python\[server\]==[0-9.]+' requirements.txt | sed 's/.*==//')
+LLAMA_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+if command -v nvcc >/dev/null 2>&1 && [ "${DOMAIN_EMBED_LLAMA_CUDA:-1}" != "0" ]; then
+  WHEELS="$WHEELS/cuda"
+  LLAMA_ARGS="$LLAMA_ARGS -DGGML_CUDA=on"
+fi
 if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA"-*.whl >/dev/null 2>&1; then
   mkdir -p "$WHEELS"
-  echo "building llama-cpp-python $LLAMA (once, a few minutes)"
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+  echo "building llama-cpp-python $LLAMA (once, a few minutes; CMAKE_ARGS=$LLAMA_ARGS)"
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) CMAKE_ARGS="$LLAMA_ARGS" \
     .venv/bin/pip wheel -q --no-deps "llama-cpp-python==$LLAMA" -w "$WHEELS"
 fi
 

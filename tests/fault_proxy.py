@@ -6,6 +6,8 @@ is not a usable query, and the next ``copies`` get a query that copies the first
 passage (the easiness filter's case). The next ``bad_replies`` chat completions get HTTP 200 with
 ``bad_body`` (``bad_type`` as Content-Type): a reply that is not a chat completion. ``answers`` records
 each forwarded chat answer with its passage. ``upstream`` can be swapped while running (a restarted server).
+A path prefix before ``/v1/`` (the Inference Providers router's ``/{provider}``) is dropped when forwarding;
+after ``budget`` forwarded chat completions every later one gets HTTP 402 (credits spent).
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ class FaultProxy:
         self.always_stream = False  # answer non-streaming chat requests as a stream (transformers serve 4.x)
         self.requests = 0
         self.auth_headers: list[str] = []
+        self.fail_chat_only = False  # injected failures hit chat completions only (health checks pass)
+        self.retry_after = "0"  # the Retry-After header of injected failures (None: no header)
+        self.fail_body = b'{"error": "injected"}'
+        self.budget: int | None = None  # chat completions forwarded before every later one gets HTTP 402
+        self.paths: list[str] = []  # every request path, as received (a router's /{provider}/v1/... included)
+        self.bodies: list[bytes] = []  # every chat completion request forwarded upstream
+        self.paid: list[bytes] = []  # those the upstream answered with HTTP 200 (what a provider bills)
         self._lock = threading.Lock()
         proxy = self
 
@@ -55,10 +64,14 @@ class FaultProxy:
                 with proxy._lock:
                     proxy.requests += 1
                     proxy.auth_headers.append(self.headers.get("Authorization", ""))
-                    if proxy.fail > 0:
+                    proxy.paths.append(self.path)
+                    if proxy.fail > 0 and (not proxy.fail_chat_only or self.path.endswith("/chat/completions")):
                         proxy.fail -= 1
-                        return self._send(proxy.status, b'{"error": "injected"}', {"Retry-After": "0"})
+                        headers = {"Retry-After": proxy.retry_after} if proxy.retry_after is not None else {}
+                        return self._send(proxy.status, proxy.fail_body, headers)
                     chat = self.path.endswith("/chat/completions")
+                    if chat and proxy.budget is not None and len(proxy.bodies) >= proxy.budget:
+                        return self._send(402, b'{"error": "You have exceeded your monthly included credits"}')
                     if chat and proxy.bad_replies > 0:
                         proxy.bad_replies -= 1
                         return self._send(200, proxy.bad_body, content_type=proxy.bad_type)
@@ -78,12 +91,19 @@ class FaultProxy:
                                         "message": {"role": "assistant", "content": content}}],
                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
                     return self._send(200, json.dumps(out).encode())
-                url = proxy.upstream.rsplit("/v1", 1)[0] + self.path
+                if chat:
+                    with proxy._lock:
+                        proxy.bodies.append(body or b"")
+                path = self.path[self.path.index("/v1/"):] if "/v1/" in self.path else self.path  # a router prefix
+                url = proxy.upstream.rsplit("/v1", 1)[0] + path
                 req = urllib.request.Request(url, data=body, method=method,
                                              headers={"Content-Type": "application/json"})
                 try:
                     with urllib.request.urlopen(req, timeout=120) as resp:
                         payload = resp.read()
+                        if self.path.endswith("/chat/completions") and resp.status == 200:
+                            with proxy._lock:
+                                proxy.paid.append(body or b"")
                         if self.path.endswith("/chat/completions") and resp.status == 200:
                             try:
                                 prompt = json.loads(body)["messages"][-1]["content"]

@@ -14,6 +14,17 @@ call to create repositories and push to them, with a real commit history per rep
   ``parentCommit`` checked (412 when stale)
 - ``GET|HEAD /{prefix}{id}/resolve/{rev}/{path}``: file contents
 
+Inference Providers: ``server.provider_mappings[model_id] = {provider: {"providerId": ..., "status": "live",
+"task": "conversational"}}`` answers ``GET /api/models/{id}?expand=inferenceProviderMapping``.
+
+Inference Endpoints (huggingface_hub's ``*_inference_endpoint`` calls, at ``{server.url}/v2``: point
+``DOMAIN_EMBED_HF_ENDPOINTS_API`` there): ``GET|POST /v2/endpoint/{ns}``, ``GET|DELETE /v2/endpoint/{ns}/{name}``,
+``POST .../pause``, ``.../resume``, ``.../scale-to-zero``. A created or resumed endpoint goes pending ->
+initializing -> running, one step per GET; running, its URL is ``server.endpoint_url`` (a real LLM server).
+``server.endpoints[(ns, name)]`` holds each one's state, ``server.endpoint_events`` every action in order;
+``fail_next["endpoint_create"] = 1`` answers the next create with 402 (no payment method);
+``server.endpoint_fails_to_start = True`` makes the next start end in state ``failed``.
+
 Faults for tests: ``server.fail_next["commit"] = 1`` answers the next commit with a 500 (likewise
 ``"lfs_upload"``, ``"preupload"``, ``"lfs_batch"``). Every request is recorded in ``server.requests``.
 
@@ -106,6 +117,11 @@ class HubServer(ThreadingHTTPServer):
         self.fail_next: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
         self.auth_headers: set[str] = set()  # every Authorization header seen
+        self.provider_mappings: dict[str, dict[str, dict[str, str]]] = {}
+        self.endpoints: dict[tuple[str, str], dict[str, Any]] = {}
+        self.endpoint_events: list[tuple[str, str]] = []  # (action, name)
+        self.endpoint_url: str | None = None
+        self.endpoint_fails_to_start = False
         self.thread: threading.Thread | None = None
         (root / "blobs").mkdir(parents=True, exist_ok=True)
         (root / "lfs").mkdir(parents=True, exist_ok=True)
@@ -147,6 +163,15 @@ class HubServer(ThreadingHTTPServer):
                     self.fail_next[key] = n - 1
                     return True
             return False
+
+    def add_endpoint(self, ns: str, name: str, repository: str, state: str = "paused") -> None:
+        """An endpoint the user already had (test setup)."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        self.endpoints[(ns, name)] = {
+            "name": name, "state": state, "url": self.endpoint_url if state == "running" else None,
+            "created": now, "repository": repository, "framework": "pytorch", "image": {"huggingface": {}},
+            "compute": {"accelerator": "gpu", "instanceSize": "x1", "instanceType": "nvidia-l4"},
+            "provider": {"vendor": "aws", "region": "us-east-1"}}
 
     # ------------------------------------------------------------------ storage
 
@@ -249,6 +274,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._dispatch("PUT")
 
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
     # ------------------------------------------------------------------ routing
 
     def _get_repo(self, repo_type: str, repo_id: str) -> Repo:
@@ -292,6 +320,13 @@ class _Handler(BaseHTTPRequestHandler):
         if m and method in ("GET", "HEAD"):
             return self._resolve((m.group(1) or "models/").rstrip("/"), m.group(2), m.group(3), unquote(m.group(4)),
                                  head=method == "HEAD")
+        if path.startswith("/v2/endpoint/"):
+            self._require_auth()
+            return self._endpoint_route(method, path[len("/v2/endpoint/"):].strip("/").split("/"), body)
+        m = re.match(r"^/api/models/([^/]+/[^/]+)$", path)
+        if m and method == "GET" and m.group(1) in s.provider_mappings:
+            return self._send(200, {"_id": "x", "id": m.group(1), "inferenceProviderMapping":
+                                    s.provider_mappings[m.group(1)]})
         m = _REPO_RE.match(path)
         if not m:
             raise HttpError(404, f"no route for {method} {path}")
@@ -323,6 +358,75 @@ class _Handler(BaseHTTPRequestHandler):
                 self._require_auth()
                 return self._commit(repo, rest[len("commit/"):], body)
         raise HttpError(404, f"no route for {method} {path}")
+
+    # ------------------------------------------------------------------ Inference Endpoints
+
+    def _endpoint_json(self, ep: dict[str, Any]) -> dict[str, Any]:
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        return {"name": ep["name"], "type": "protected", "accountId": None, "healthRoute": "/v1/models",
+                "compute": ep["compute"], "provider": ep["provider"],
+                "model": {"repository": ep["repository"], "framework": ep["framework"], "revision": None,
+                          "task": "text-generation", "image": ep["image"]},
+                "status": {"state": ep["state"], "url": ep["url"], "createdAt": ep["created"], "updatedAt": now,
+                           "message": ep.get("message", "")}}
+
+    def _advance(self, ep: dict[str, Any]) -> None:
+        """One step of a start, as the real service does over minutes."""
+        s = self.server
+        steps = {"pending": "initializing", "initializing": "running"}
+        if ep["state"] in steps:
+            ep["state"] = steps[ep["state"]]
+            if ep["state"] == "running":
+                if s.endpoint_fails_to_start:
+                    s.endpoint_fails_to_start = False
+                    ep["state"], ep["message"] = "failed", "the model did not load"
+                else:
+                    ep["url"] = s.endpoint_url
+
+    def _endpoint_route(self, method: str, parts: list[str], body: bytes) -> None:
+        s = self.server
+        ns = parts[0]
+        with s.lock:
+            if len(parts) == 1 and method == "GET":
+                return self._send(200, {"items": [self._endpoint_json(e) for (n, _), e in s.endpoints.items()
+                                                  if n == ns]})
+            if len(parts) == 1 and method == "POST":
+                payload = json.loads(body or b"{}")
+                name = payload["name"]
+                if s.should_fail("endpoint_create"):
+                    raise HttpError(402, "Payment Required: add a payment method to create an endpoint")
+                if (ns, name) in s.endpoints:
+                    raise HttpError(409, f"Endpoint {name} already exists")
+                now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+                s.endpoints[(ns, name)] = ep = {
+                    "name": name, "state": "pending", "url": None, "created": now,
+                    "repository": payload["model"]["repository"], "framework": payload["model"]["framework"],
+                    "image": payload["model"]["image"], "compute": payload["compute"], "provider": payload["provider"]}
+                s.endpoint_events.append(("create", name))
+                return self._send(200, self._endpoint_json(ep))
+            ep = s.endpoints.get((ns, parts[1])) if len(parts) >= 2 else None
+            if ep is None:
+                raise HttpError(404, f"Endpoint {'/'.join(parts[:2])} not found")
+            action = parts[2] if len(parts) == 3 else None
+            if method == "GET" and action is None:
+                self._advance(ep)
+                return self._send(200, self._endpoint_json(ep))
+            if method == "DELETE" and action is None:
+                s.endpoint_events.append(("delete", ep["name"]))
+                del s.endpoints[(ns, ep["name"])]
+                return self._send(200, {})
+            if method == "POST" and action == "pause":
+                ep["state"], ep["url"] = "paused", None
+            elif method == "POST" and action == "scale-to-zero":
+                ep["state"] = "scaledToZero"
+            elif method == "POST" and action == "resume":
+                if ep["state"] == "running":
+                    raise HttpError(400, "Endpoint is already running")
+                ep["state"], ep["url"] = "initializing", None
+            else:
+                raise HttpError(404, f"no route for {method} /v2/endpoint/{'/'.join(parts)}")
+            s.endpoint_events.append((action, ep["name"]))
+            return self._send(200, self._endpoint_json(ep))
 
     # ------------------------------------------------------------------ endpoints
 

@@ -131,12 +131,62 @@ QueryType = Literal["factual", "contextual", "multi_hop"]
 QUERY_TYPES: tuple[str, ...] = get_args(QueryType)  # the recipe's rotation, in order
 
 
+_ENDPOINT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
+
+
+class InferenceEndpointSpec(_Section):
+    """A dedicated Inference Endpoint (TGI) the generate stage creates or resumes, and pauses when it ends."""
+
+    name: str = Field(..., description="Endpoint name (lowercase letters, digits and -, at most 32): an "
+                      "existing endpoint of that name is resumed and paused, never deleted or changed.")
+    repository: str = Field("Qwen/Qwen2.5-7B-Instruct", description="Hub model the endpoint serves.")
+    namespace: str | None = Field(None, description="User or organisation owning it; default: the token's user.")
+    vendor: str = Field("aws", description="Cloud vendor (aws, gcp, azure).")
+    region: str = Field("us-east-1", description="Cloud region.")
+    instance_type: str = Field("nvidia-l4", description="Instance type, e.g. nvidia-t4, nvidia-l4, nvidia-a10g, "
+                               "nvidia-l40s, nvidia-a100.")
+    instance_size: str = Field("x1", description="Instance size (x1, x2, x4, x8: GPUs per replica).")
+    accelerator: str = Field("gpu", description="Accelerator (gpu, cpu).")
+    framework: str = Field("pytorch", description="Framework of the model.")
+    image_url: str = Field("ghcr.io/huggingface/text-generation-inference:latest",
+                           description="Container image the endpoint runs (TGI).")
+    price_per_hour: float | None = Field(None, gt=0, description="USD per hour for the cost estimate; default: "
+                                         "the documented table in trainer/generators.py (ENDPOINT_PRICES).")
+    wait_minutes: float = Field(30.0, gt=0, description="Most minutes to wait for the endpoint to be running.")
+    poll_seconds: float = Field(5.0, gt=0, description="Seconds between status checks while it starts.")
+    on_finish: Literal["pause", "scale_to_zero"] = Field(
+        "pause", description="What happens to the endpoint when generation ends, fails or is cancelled: pause "
+        "(no cost until resumed) or scale_to_zero (no cost, wakes on the next request)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _ENDPOINT_NAME.fullmatch(value):
+            raise ValueError(f"endpoint name {value!r}: use lowercase letters, digits and '-', 1 to 32 characters, "
+                             "starting and ending with a letter or digit")
+        return value
+
+
 class GenerateConfig(_Section):
     endpoint: str | None = Field(
         None, description="TGI-compatible base URL (Messages API /v1/chat/completions), e.g. "
         "http://host:8080/v1. None: start the embedded llama.cpp server with generate.generator."
     )
-    model: str = Field("tgi", description="Model name sent to the endpoint (TGI ignores it).")
+    provider: str | None = Field(
+        None, description="Hugging Face Inference Providers: 'auto' (the first provider serving generate.model, in "
+        "the order set at hf.co/settings/inference-providers) or a provider name (together, nebius, fireworks-ai, "
+        "sambanova, ...). generate.model is then the Hub model id; billed to the token's account (HF_TOKEN)."
+    )
+    provider_models: list[str] | None = Field(
+        None, description="Models offered by the Space's Generator picker; default: trainer.generators.PROVIDER_MODELS."
+    )
+    inference_endpoint: InferenceEndpointSpec | None = Field(
+        None, description="A dedicated Inference Endpoint to create or resume for generation and pause at the end "
+        "(see the inference_endpoint.* settings)."
+    )
+    model: str = Field("tgi", description="Model name sent to the endpoint (TGI ignores it); with generate.provider, "
+                       "the Hub model id (e.g. meta-llama/Llama-3.3-70B-Instruct).")
     token_env: str = Field("HF_TOKEN", description="Environment variable holding the endpoint token.")
     generator: str = Field(
         "qwen2.5-coder-0.5b-instruct-q4_k_m",
@@ -157,10 +207,11 @@ class GenerateConfig(_Section):
     max_chunks_per_document: int | None = Field(None, ge=1, description="Use at most the first N chunks of a document.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of the generator.")
     max_new_tokens: int = Field(96, ge=16, description="Generation budget per request (one query is short).")
-    structured_output: Literal["auto", "tgi", "llama.cpp", "off"] = Field(
+    structured_output: Literal["auto", "tgi", "llama.cpp", "openai", "off"] = Field(
         "auto", description="Ask the server for JSON output in its dialect: TGI's grammar "
-        "({type: json, value: schema}) or llama.cpp's JSON mode. auto: llama.cpp for the embedded server, "
-        "tgi for an endpoint (falls back to plain text if refused). Every output is validated either way."
+        "({type: json, value: schema}), llama.cpp's JSON mode, or OpenAI's json_schema. auto: llama.cpp for the "
+        "embedded server, openai for Inference Providers, tgi for an endpoint (falls back to plain text if "
+        "refused). Every output is validated either way."
     )
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(4, ge=0, description="Retries with backoff on 429/5xx/connection errors.")
@@ -170,8 +221,13 @@ class GenerateConfig(_Section):
                             "embedded llama.cpp server re-uses its cached prompt, so each extra one costs about a "
                             "quarter of the first); the one sharing the fewest content words with its passage is "
                             "kept, so that queries paraphrase as real searchers' do.")
-    concurrency: int = Field(2, ge=1, description="Requests in flight at once to an endpoint (the embedded server "
-                             "takes one at a time, in order, to re-use its cached prompt).")
+    concurrency: int | None = Field(None, ge=1, le=256, description="Requests in flight at once to a remote "
+                                    "generator (endpoint, Inference Endpoint, provider); default 16. The embedded "
+                                    "server takes one at a time, in order, to re-use its cached prompt.")
+    gpu_layers: Literal["auto"] | int = Field(
+        "auto", description="Layers of the embedded generator offloaded to the GPU (llama.cpp n_gpu_layers; -1: "
+        "all). auto: all when CUDA is present and llama-cpp-python was built with CUDA, else 0 (CPU)."
+    )
     judge: Literal["auto", "on", "off"] = Field(
         "auto", description="LLM-as-judge scoring. auto: on with an external endpoint, off with the embedded "
         "sub-1B generator (too small to judge; see BENCHMARKS.md)."
@@ -195,6 +251,17 @@ class GenerateConfig(_Section):
     @classmethod
     def _yaml_on_off(cls, value: Any) -> Any:  # YAML reads on/off as booleans
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _one_generator(self) -> GenerateConfig:
+        chosen = [k for k in ("endpoint", "provider", "inference_endpoint") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join('generate.' + k for k in chosen)} are all set: choose one generator")
+        if self.provider is not None and (self.model == "tgi" or "/" not in self.model):
+            raise ValueError(f"generate.provider={self.provider} needs generate.model set to a Hub model id (e.g. "
+                             "meta-llama/Llama-3.3-70B-Instruct; see trainer.generators.PROVIDER_MODELS), not "
+                             f"{self.model!r}")
+        return self
 
     @model_validator(mode="after")
     def _hops(self) -> GenerateConfig:

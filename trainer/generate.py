@@ -19,6 +19,7 @@ type, query, reason) as ``rejected.jsonl`` and ``README.md`` (dataset card).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -40,8 +41,17 @@ from trainer.config import QUERY_TYPES, Config
 from trainer.dataset_io import save_rows
 from trainer.errors import StageError
 from trainer.files import sha256_file
+from trainer.generators import (
+    concurrency,
+    embedded_generator,
+    format_plan,
+    generator_kind,
+    generator_plan,
+    resolve_embedded,
+    running_endpoint,
+)
 from trainer.llm_client import ChatClient, EndpointError, public_url
-from trainer.llm_server import LocalLLMServer
+from trainer.llm_server import LocalLLMServer, gpu_layers
 from trainer.logs import redact
 from trainer.models import GENERATORS, resolve_generator, resolve_model
 from trainer.prompts import JUDGE_FIELDS, JUDGE_SCHEMA, PROMPT_VERSION, QUERY_SCHEMA, judge_messages, query_messages
@@ -317,17 +327,25 @@ def request_key(identity: str, messages: list[dict[str, str]], **params: Any) ->
 def generator_identity(cfg: Config) -> str:
     """Names the generator in the cache key, the manifest and every published row: never a credential."""
     g = cfg.generate
+    if g.provider:
+        return f"provider:{g.provider}|{g.model}"
+    if g.inference_endpoint is not None:
+        ep = g.inference_endpoint
+        return f"inference-endpoint:{ep.namespace + '/' if ep.namespace else ''}{ep.name}|{ep.repository}"
     if g.endpoint:
         return redact(f"endpoint:{public_url(g.endpoint)}|{g.model}")
-    if g.generator in GENERATORS:
-        return f"gguf:{g.generator}:{GENERATORS[g.generator][1][:16]}"
-    return f"gguf:{Path(g.generator).name}:{sha256_file(resolve_generator(g.generator))[:16]}"
+    name = embedded_generator(cfg)
+    if name.startswith("hf://"):  # a GPU profile's larger generator from the Hub (repo and file name it)
+        return f"gguf:{name[len('hf://'):]}"
+    if name in GENERATORS:
+        return f"gguf:{name}:{GENERATORS[name][1][:16]}"
+    return f"gguf:{Path(name).name}:{sha256_file(resolve_generator(name))[:16]}"
 
 
 def _judge_enabled(cfg: Config) -> bool:
     g = cfg.generate
-    if g.judge == "auto":
-        return bool(g.endpoint or g.judge_endpoint)
+    if g.judge == "auto":  # on with any strong (remote) generator or a judge endpoint
+        return generator_kind(cfg) != "embedded" or bool(g.judge_endpoint)
     return g.judge == "on"
 
 
@@ -335,18 +353,22 @@ class _Generator:
     """Runs requests through the cache with bounded concurrency and the caps."""
 
     def __init__(self, ctx: StageContext, client: ChatClient, judge_client: ChatClient | None,
-                 cache: ResponseCache, identity: str, kind: str, judge_kind: str):
+                 cache: ResponseCache, identity: str, kind: str, judge_kind: str, judge_identity: str | None = None):
         self.ctx, self.cfg = ctx, ctx.cfg
         self.client, self.judge_client = client, judge_client
         self.cache, self.identity = cache, identity
         self.fmt = response_format(kind, QUERY_SCHEMA)
         self.judge_kind = judge_kind
+        self.judge_identity = judge_identity
         self.calls = 0
 
     def ask(self, client: ChatClient, messages: list[dict[str, str]], seed: int, schema_fmt: dict | None,
             max_tokens: int, temperature: float) -> str:
-        key = request_key(self.identity if client is self.client else f"judge:{client.base_url}|{client.model}",
-                          messages, seed=seed, t=temperature, n=max_tokens, fmt=schema_fmt)
+        if client is not self.client:  # the judge
+            identity = self.judge_identity or f"judge:{client.base_url}|{client.model}"
+        else:
+            identity = self.identity
+        key = request_key(identity, messages, seed=seed, t=temperature, n=max_tokens, fmt=schema_fmt)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
@@ -403,7 +425,9 @@ class _Generator:
 def structured_kind(cfg: Config, embedded: bool) -> str:
     kind = cfg.generate.structured_output
     if kind == "auto":
-        return "llama.cpp" if embedded else "tgi"
+        if embedded:
+            return "llama.cpp"
+        return "openai" if generator_kind(cfg) == "provider" else "tgi"
     return kind
 
 
@@ -413,6 +437,8 @@ def response_format(kind: str, schema: dict[str, Any]) -> dict[str, Any] | None:
         return {"type": "json", "value": schema}
     if kind == "llama.cpp":  # llama.cpp's JSON mode with a schema
         return {"type": "json_object", "schema": schema}
+    if kind == "openai":  # OpenAI's structured outputs (Inference Providers; huggingface_hub adapts it per provider)
+        return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
     return None
 
 
@@ -451,20 +477,33 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cache = ResponseCache(ctx.run_dir.root / "cache" / "llm" / f"{cache_name}.jsonl")
     token = os.environ.get(g.token_env) or None
     judge_on = _judge_enabled(cfg)
+    gen_kind = generator_kind(cfg)
+    ctx.log.info("%s", format_plan(generator_plan(cfg, len({c for t in tasks for c in t.chunk_ids[:1]}))))
     started = time.monotonic()
     server = None
-    try:
-        if g.endpoint:
+    launched = None
+    with contextlib.ExitStack() as stack:
+        if gen_kind == "provider":
+            client = ChatClient(f"Inference Providers ({g.provider}, {g.model})", model=g.model, token=token,
+                                provider=g.provider, timeout=g.timeout_s, max_retries=g.max_retries)
+        elif gen_kind == "inference_endpoint":
+            # paused (or scaled to zero) when this block exits: finished, failed, Ctrl-C or SIGTERM
+            launched = stack.enter_context(running_endpoint(g.inference_endpoint, token))
+            client = ChatClient(launched.base_url, model=g.model, token=token, hf_managed=True, timeout=g.timeout_s,
+                                max_retries=g.max_retries)
+        elif gen_kind == "endpoint":
             client = ChatClient(g.endpoint, model=g.model, token=token, timeout=g.timeout_s, max_retries=g.max_retries)
         else:
-            server = LocalLLMServer(resolve_generator(g.generator), n_threads=g.server_threads,
-                                    log_path=ctx.dir / "server.log")
+            server = LocalLLMServer(resolve_embedded(embedded_generator(cfg)), n_threads=g.server_threads,
+                                    n_gpu_layers=gpu_layers(g.gpu_layers), log_path=ctx.dir / "server.log")
+            stack.callback(server.stop)
             server.start()
             client = ChatClient(server.base_url, model=g.model, timeout=g.timeout_s, max_retries=g.max_retries,
                                 on_connection_error=server.recover)
         kind = structured_kind(cfg, embedded=server is not None)
         judge_kind = kind
         judge_client = None
+        judge_identity = None
         if judge_on:
             if g.judge_endpoint:
                 judge_client = ChatClient(g.judge_endpoint, model=g.judge_model or g.model, token=token,
@@ -472,7 +511,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 judge_kind = structured_kind(cfg, embedded=False)
             else:
                 judge_client = client
-        gen = _Generator(ctx, client, judge_client, cache, identity, kind, judge_kind)
+                if gen_kind in ("provider", "inference_endpoint"):  # stable across resumes (the URL may change)
+                    judge_identity = f"judge:{identity}"
+        gen = _Generator(ctx, client, judge_client, cache, identity, kind, judge_kind, judge_identity)
 
         results: dict[str, dict[str, Any]] = {}
         valid = 0
@@ -497,28 +538,24 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
         # The embedded server answers one request at a time and reuses the previous prompt's cache: in order,
         # a chunk's questions (and retries) follow each other and pay for the passage once.
-        workers = 1 if server is not None else g.concurrency
+        workers = 1 if server is not None else concurrency(cfg)
         # The bar counts questions asked (a rejected one counts too: it took the time) toward the planned
         # number, or kept queries toward generate.max_queries when that stops the stage first.
         capped = g.max_queries is not None and g.max_queries < len(tasks)
         ctx.advance(0, g.max_queries if capped else len(tasks), unit="queries", kept=0)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for task, fut in _bounded(pool, work, tasks, workers * 2, stop):
-                try:
-                    results[task.task_id] = fut.result()
-                except EndpointError:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-                if results[task.task_id]["reason"] is None:
-                    valid += 1
-                ctx.report(f"generate: {len(results)}/{len(tasks)} tasks, {valid} queries", len(results) / len(tasks))
-                if capped:
-                    ctx.advance(valid, g.max_queries, unit="queries", asked=len(results))
-                else:
-                    ctx.advance(len(results), len(tasks), unit="queries", kept=valid)
-    finally:
-        if server is not None:
-            server.stop()
+        pool = ThreadPoolExecutor(max_workers=workers)
+        # Not waiting for requests in flight on an error or Ctrl-C: the endpoint is paused at once (their answers,
+        # if any arrive, still go to the cache).
+        stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+        for task, fut in _bounded(pool, work, tasks, workers * 2, stop):
+            results[task.task_id] = fut.result()
+            if results[task.task_id]["reason"] is None:
+                valid += 1
+            ctx.report(f"generate: {len(results)}/{len(tasks)} tasks, {valid} queries", len(results) / len(tasks))
+            if capped:
+                ctx.advance(valid, g.max_queries, unit="queries", asked=len(results))
+            else:
+                ctx.advance(len(results), len(tasks), unit="queries", kept=valid)
 
     # Near-duplicates, among the queries that passed every other filter, in task order.
     ordered = [t for t in tasks if t.task_id in results]
@@ -570,7 +607,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                               if r["reason"].startswith("invalid_output")).items())),
         "by_type": dict(sorted(Counter(r["type"] for r in rows).items())),
         "judge": "on" if judge_on else "off",
+        "judge_model": (g.judge_model or g.model if g.judge_endpoint else identity) if judge_on else None,
         "generator": identity,
+        "generator_kind": gen_kind,
+        **({"provider": g.provider, "provider_model": g.model} if gen_kind == "provider" else {}),
+        **({"inference_endpoint": launched.record()} if launched is not None else {}),
+        "concurrency": workers,
+        "gpu_layers": server.n_gpu_layers if server is not None else None,
         "prompt_version": PROMPT_VERSION,
         "llm_calls": gen.calls,
         "mean_word_overlap": round(sum(overlaps) / len(overlaps), 3) if overlaps else None,

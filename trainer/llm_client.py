@@ -42,8 +42,10 @@ def is_hf_host(url: str) -> bool:
     host = (parts.hostname or "").lower().rstrip(".")
     if any(host == d or host.endswith("." + d) for d in HF_DOMAINS):
         return True
-    custom = os.environ.get("HF_ENDPOINT")
-    return bool(custom) and (urlparse(custom).hostname, urlparse(custom).port) == (parts.hostname, parts.port)
+    from trainer.generators import configured_hf_hosts
+
+    custom = [u for u in [os.environ.get("HF_ENDPOINT", ""), *configured_hf_hosts()] if u]
+    return any((urlparse(u).hostname, urlparse(u).port) == (parts.hostname, parts.port) for u in custom)
 
 
 def _hub_tokens() -> set[str]:
@@ -69,14 +71,15 @@ def public_url(url: str) -> str:
     return redact(parts._replace(netloc=netloc, query="", fragment="").geturl().rstrip("/"))
 
 
-def token_for(base_url: str, token: str | None) -> str | None:
+def token_for(base_url: str, token: str | None, *, hf_managed: bool = False) -> str | None:
     """The token to send to ``base_url``: None for the Hub token and a host that is not Hugging Face's
-    (logged); EndpointError for any token over plain http to another machine."""
+    (logged); EndpointError for any token over plain http to another machine. ``hf_managed``: the URL came
+    from the Inference Endpoints API (the user's own endpoint), so the Hub token goes to it."""
     if not token:
         return None
     parts = urlparse(base_url)
     host = parts.hostname or base_url
-    if token.strip() in _hub_tokens() and not is_hf_host(base_url):
+    if token.strip() in _hub_tokens() and not (hf_managed or is_hf_host(base_url)):
         get_logger().warning(
             "not sending the Hub token (HF_TOKEN) to %s: it goes only to Hugging Face hosts. If this endpoint "
             "needs a token, put it in another environment variable and name it with generate.token_env", host)
@@ -98,6 +101,15 @@ class EndpointError(TrainerError):
     def __init__(self, message: str, *, exhausted: bool = False):
         super().__init__(message)
         self.exhausted = exhausted
+
+
+def _estimated_time(response) -> str | None:
+    """The wait a loading model announces (``{"error": "... is currently loading", "estimated_time": 20.0}``)."""
+    try:
+        value = response.json().get("estimated_time")
+    except (ValueError, AttributeError):
+        return None
+    return str(float(value)) if isinstance(value, int | float) and value > 0 else None
 
 
 class _NotACompletion(Exception):
@@ -144,8 +156,19 @@ class ChatClient:
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         on_connection_error: Callable[[], Any] | None = None,  # may return a new base URL to use
+        provider: str | None = None,  # Inference Providers: base_url is then only a label
+        hf_managed: bool = False,  # the URL of the user's Inference Endpoint (see token_for)
     ):
-        if urlparse(base_url).hostname in _LOOPBACK:
+        self.provider, self.hf_managed = provider, hf_managed
+        if provider is not None:
+            if not token:
+                raise EndpointError("Inference Providers need a Hugging Face token: set HF_TOKEN (hf auth login), "
+                                    "or sign in on the Space; usage is billed to that account", exhausted=True)
+            from trainer.generators import check_provider, configure_hf_urls
+
+            check_provider(provider)
+            configure_hf_urls()
+        elif urlparse(base_url).hostname in _LOOPBACK:
             allow_loopback_when_offline()
         if urlparse(base_url).username is not None or urlparse(base_url).password is not None:
             raise EndpointError("the endpoint URL holds credentials (user:password@); remove them and pass the "
@@ -165,7 +188,14 @@ class ChatClient:
         from huggingface_hub import InferenceClient
 
         self.base_url = base_url.rstrip("/")
-        token = token_for(self.base_url, self._token)
+        if self.provider is not None:
+            # The real client: it asks the Hub which provider serves the model (provider "auto") and its id there,
+            # then sends an hf_ token to the router (billed to the Hugging Face account), a provider's own key
+            # (generate.token_env) straight to that provider.
+            self._client = InferenceClient(provider=self.provider, model=self.model, api_key=self._token,
+                                           timeout=self._timeout)  # type: ignore[arg-type]
+            return
+        token = token_for(self.base_url, self._token, hf_managed=self.hf_managed)
         # Given no token, huggingface_hub sends the one it finds (HF_TOKEN, the saved login) to any URL; a None
         # header makes requests leave Authorization out.
         headers = None if token else {"authorization": None}
@@ -229,12 +259,30 @@ class ChatClient:
                         "put a valid token with access to this endpoint in the "
                         "environment variable named by generate.token_env (default HF_TOKEN)", exhausted=True,
                     ) from None
+                if status == 402:  # no credits left: no retry, no other request can help
+                    self.stats["errors"] += 1
+                    raise EndpointError(
+                        f"{self.base_url} answered HTTP 402 Payment Required: the account has no credits left for "
+                        "this model. Add credits or a payment method at https://huggingface.co/settings/billing "
+                        "(or pick a cheaper model or the embedded generator), then run again: the answers received "
+                        "so far are kept in the run's response cache and are not paid for twice", exhausted=True,
+                    ) from None
                 if status is None or not is_retryable_status(status):
                     self.stats["errors"] += 1
                     raise EndpointError(f"{self.base_url} refused the request ({last})") from None
                 retry_after = exc.response.headers.get("Retry-After") if exc.response is not None else None
+                if status == 503 and retry_after is None:  # a model loading: {"estimated_time": seconds}
+                    retry_after = _estimated_time(exc.response)
             except (_NotACompletion, ValueError) as exc:  # a 200 that is not a chat completion, streamed or not
                 self.stats["errors"] += 1
+                if self.provider is not None and not isinstance(exc, _NotACompletion):  # the client's own check
+                    raise EndpointError(f"Inference Providers ({self.provider}, {self.model}): {redact(str(exc))[:300]}"
+                                        "; pick another model or provider (generate.provider=auto chooses one that "
+                                        "serves the model)", exhausted=True) from None
+                if self.provider is not None:
+                    raise EndpointError(f"Inference Providers ({self.provider}, {self.model}) answered HTTP 200 but "
+                                        f"not with a chat completion ({str(exc)[:300]}); try another "
+                                        "provider") from None
                 raise EndpointError(
                     f"{self.base_url} answered HTTP 200 but not with a chat completion ({str(exc)[:300]}): check "
                     "that the endpoint URL is the server's OpenAI-compatible base ending in /v1 (TGI, vLLM, "

@@ -35,6 +35,52 @@ class ServerError(TrainerError):
     """The embedded LLM server could not start or died."""
 
 
+def cuda_available() -> bool:
+    """A CUDA GPU is visible (torch's view; False when torch has no CUDA)."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - a broken driver is no GPU
+        return False
+
+
+def llama_gpu_build() -> bool:
+    """The installed llama-cpp-python can offload layers to a GPU (built with CUDA: scripts/setup.sh builds it
+    with CMAKE_ARGS=-DGGML_CUDA=on where nvcc exists)."""
+    try:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_supports_gpu_offload())
+    except Exception:  # noqa: BLE001 - not installed, or a library that fails to load
+        return False
+
+
+def gpu_layers(setting: str | int, *, cuda: bool | None = None, gpu_build: bool | None = None) -> int:
+    """llama.cpp's n_gpu_layers for generate.gpu_layers: 'auto' is -1 (every layer on the GPU) when CUDA is
+    present and llama-cpp-python was built for it, else 0 (CPU); a number is used as given.
+
+        >>> gpu_layers("auto", cuda=True, gpu_build=True), gpu_layers("auto", cuda=True, gpu_build=False)
+        (-1, 0)
+        >>> gpu_layers(20, cuda=False, gpu_build=False)
+        20
+    """
+    if setting != "auto":
+        return int(setting)
+    cuda = cuda_available() if cuda is None else cuda
+    if not cuda:
+        return 0
+    build = llama_gpu_build() if gpu_build is None else gpu_build
+    if not build:
+        from trainer.logs import get_logger
+
+        get_logger().warning("a CUDA GPU is present but llama-cpp-python was built for the CPU only: the embedded "
+                             "generator runs on the CPU. Rebuild it with `bash scripts/setup.sh` where nvcc exists "
+                             "(CMAKE_ARGS=-DGGML_CUDA=on)")
+        return 0
+    return -1
+
+
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
@@ -62,8 +108,10 @@ class LocalLLMServer:
         n_threads: int | None = None,
         log_path: Path | None = None,
         start_timeout: float = 180.0,
+        n_gpu_layers: int = 0,
     ):
         self.model_path = Path(model_path)
+        self.n_gpu_layers = n_gpu_layers
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, (os.cpu_count() or 2))
         self.log_path = log_path
@@ -86,6 +134,7 @@ class LocalLLMServer:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--n_ctx", str(self.n_ctx),
             "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
+            "--n_gpu_layers", str(self.n_gpu_layers),
             "--verbose", "false",
         ]
 
