@@ -12,6 +12,9 @@ Settings (environment variables):
 - ``DOMAIN_EMBED_SPACE_MAX_JOBS``: jobs running at once on this machine (default 1); the rest queue.
 - ``DOMAIN_EMBED_SPACE_ANON_TTL_H``: hours after which an idle anonymous session's folder is deleted
   (default 24; signed-in users' folders are kept).
+- ``DOMAIN_EMBED_SPACE_SHARE_TOKEN``: whether visitors who are not signed in may use the Space's own
+  ``HF_TOKEN`` secret (to publish, or to pay for Inference Providers / Endpoints). Default: only off a Space
+  and on a private Space (a duplicated private Space is its owner's); never on a public one.
 
 Example::
 
@@ -25,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -35,6 +39,61 @@ from trainer.paths import REPO_ROOT
 ANON_PREFIX, USER_PREFIX = "anon-", "user-"
 _SESSION_RE = re.compile(r"^[0-9a-f]{32}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+@functools.cache
+def share_space_token() -> bool:
+    """May a visitor who is not signed in use this server's ``HF_TOKEN``? Yes off a Space and on a private
+    Space; no on a public one (or when its visibility cannot be checked). ``DOMAIN_EMBED_SPACE_SHARE_TOKEN``
+    (1/0) decides instead when set."""
+    forced = os.environ.get("DOMAIN_EMBED_SPACE_SHARE_TOKEN", "").strip().lower()
+    if forced:
+        return forced in ("1", "true", "yes")
+    space = os.environ.get("SPACE_ID")
+    if not space:
+        return True
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        return False
+    try:
+        from huggingface_hub import HfApi
+
+        return bool(HfApi().space_info(space, token=token).private)
+    except Exception:  # noqa: BLE001 -- unknown visibility: treat it as public
+        return False
+
+
+def job_token_env(user_token: str | None, token_vars: tuple[str, ...] = ()) -> dict[str, str | None] | None:
+    """The extra environment of a visitor's job: the signed-in user's token in every token variable the job
+    reads, or, for a visitor not signed in on a public Space, those variables removed (None)."""
+    names = tuple(dict.fromkeys((*TOKEN_VARS, *token_vars)))
+    if user_token is not None:
+        return dict.fromkeys(names, user_token)
+    return None if share_space_token() else dict.fromkeys(names)
+
+
+def check_endpoint_url(url: str) -> None:
+    """On the Space a visitor's endpoint URL must be https and not point at this machine or a private network."""
+    import ipaddress
+    from urllib.parse import urlparse
+
+    from trainer.errors import TrainerError
+
+    parsed = urlparse(url.strip())
+    host = (parsed.hostname or "").lower()
+    if parsed.scheme != "https" or not host:
+        raise TrainerError(f"endpoint URL {url!r}: on the Space, use an https:// URL (e.g. your Inference Endpoint's)")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if host == "localhost" or host.endswith((".local", ".internal")) or (
+            ip is not None and (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved)):
+        raise TrainerError(f"endpoint URL {url!r}: addresses on this machine or a private network are not "
+                           "available on the Space")
 
 
 def storage_root() -> Path:

@@ -25,10 +25,13 @@ import gradio as gr
 from spaces.sessions import (
     ANON_PREFIX,
     anon_ttl_s,
+    check_endpoint_url,
     for_visitor,
+    job_token_env,
     max_jobs,
     new_session_id,
     owner_key,
+    share_space_token,
     storage_root,
 )
 from trainer.artifacts import artifacts, build, pushed_links
@@ -36,6 +39,7 @@ from trainer.config import QUERY_TYPES, Config, load_config
 from trainer.domain_ranking import domains_table, plot_domains
 from trainer.domains import DOMAINS, SUBCATEGORIES
 from trainer.errors import StageError, TrainerError
+from trainer.generators import PROVIDER_MODELS, choices, format_plan, generator_kind, generator_plan
 from trainer.jobs import Job, JobPool
 from trainer.logs import redact
 from trainer.paths import data_dir
@@ -86,7 +90,8 @@ def default_corpus(domain: str) -> str:
 
 # Every run button sends these settings, in this order.
 SETTINGS = (
-    "domain", "source", "uploads", "endpoint", "endpoint_model", "generator", "questions_per_chunk",
+    "domain", "source", "uploads", "gen_kind", "provider", "provider_model", "ie_name", "ie_repository",
+    "ie_instance", "ie_region", "endpoint", "endpoint_model", "generator", "questions_per_chunk",
     "query_types", "sample_documents", "mine_mode", "num_negatives", "margin", "profile", "epochs", "lr", "owner",
     "repo_name", "private", "onnx", "advanced",
 )
@@ -137,10 +142,7 @@ def config_from(values: dict[str, Any], run_dir: str | Path, preset: str | None 
         o.append(f"generate.query_types=[{', '.join(types)}]")
     if values.get("sample_documents"):
         o.append(f"generate.sample_documents={int(values['sample_documents'])}")
-    if values.get("endpoint"):
-        o += [f"generate.endpoint={values['endpoint']}", f"generate.model={values.get('endpoint_model') or 'tgi'}"]
-    elif values.get("generator"):
-        o.append(f"generate.generator={values['generator']}")
+    o += _generator_overrides(values)
     if values.get("owner"):
         o.append(f"publish.owner={values['owner']}")
     if values.get("repo_name"):
@@ -151,6 +153,38 @@ def config_from(values: dict[str, Any], run_dir: str | Path, preset: str | None 
     if preset:
         o += [x for x in PRESETS[preset].overrides if not x.startswith(_LOCKED)]
     return load_config(None, o + advanced)
+
+
+GEN_KINDS = [(c["label"], c["value"]) for c in choices()] + [("Your own endpoint URL (TGI / OpenAI-compatible)",
+                                                               "endpoint")]
+
+
+def _generator_overrides(values: dict[str, Any]) -> list[str]:
+    """The Generator section's fields as settings: Inference Providers, a dedicated Inference Endpoint, a URL
+    (https only on the Space), or the embedded llama.cpp server."""
+    kind = values.get("gen_kind") or ("endpoint" if values.get("endpoint") else "embedded")
+    if kind == "provider":
+        model = (values.get("provider_model") or "").strip()
+        if not model:
+            raise TrainerError("Generator: pick a model for Inference Providers")
+        return [f"generate.provider={(values.get('provider') or 'auto').strip()}", f"generate.model={model}"]
+    if kind == "inference_endpoint":
+        name = (values.get("ie_name") or "").strip()
+        if not name:
+            raise TrainerError("Generator: name your Inference Endpoint (an existing one of that name is resumed)")
+        vendor, itype, size = (values.get("ie_instance") or "aws/nvidia-l4/x1").split("/")
+        spec = {"name": name, "repository": values.get("ie_repository") or "Qwen/Qwen2.5-7B-Instruct",
+                "vendor": vendor, "instance_type": itype, "instance_size": size,
+                "region": values.get("ie_region") or "us-east-1"}
+        return [f"generate.inference_endpoint.{k}={v}" for k, v in spec.items()]
+    if kind == "endpoint":
+        url = (values.get("endpoint") or "").strip()
+        if not url:
+            raise TrainerError("Generator: type your endpoint's URL, or pick another generator")
+        if os.environ.get("SPACE_ID"):
+            check_endpoint_url(url)
+        return [f"generate.endpoint={url}", f"generate.model={values.get('endpoint_model') or 'tgi'}"]
+    return [f"generate.generator={values['generator']}"] if values.get("generator") else []
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -169,7 +203,7 @@ def values_from_config(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     src = cfg.ingest.source or ""
     values: dict[str, Any] = {
         "domain": cfg.domain, "source": UPLOADS if src == str(Path(run_dir) / UPLOADS) else src, "uploads": None,
-        "endpoint": cfg.generate.endpoint or "", "endpoint_model": cfg.generate.model,
+        **_generator_values(cfg),
         "generator": cfg.generate.generator, "questions_per_chunk": cfg.generate.questions_per_chunk,
         "query_types": list(cfg.generate.query_types or QUERY_TYPES),
         "sample_documents": cfg.generate.sample_documents or 0, "mine_mode": cfg.mine.mode,
@@ -189,6 +223,17 @@ def values_from_config(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
             lines.append(f"{key}={text}")
     values["advanced"] = "\n".join(lines)
     return values
+
+
+def _generator_values(cfg: Config) -> dict[str, Any]:
+    g, ie = cfg.generate, cfg.generate.inference_endpoint
+    kind = generator_kind(cfg)
+    return {"gen_kind": kind, "provider": g.provider or "auto",
+            "provider_model": g.model if kind == "provider" else PROVIDER_MODELS[0][0],
+            "ie_name": ie.name if ie else "", "ie_repository": ie.repository if ie else "Qwen/Qwen2.5-7B-Instruct",
+            "ie_instance": f"{ie.vendor}/{ie.instance_type}/{ie.instance_size}" if ie else "aws/nvidia-l4/x1",
+            "ie_region": ie.region if ie else "us-east-1", "endpoint": g.endpoint or "",
+            "endpoint_model": g.model if kind == "endpoint" else "tgi"}
 
 
 def rerun_changes(cfg: Config, to: str, only: bool = False) -> list[str]:
@@ -250,6 +295,10 @@ class SpaceApp:
         if profile is not None:
             return (f"Signed in as **{profile.username}**: pushes go to **{profile.username}/...** "
                     "(or the owner you name on the Publish tab). Your runs are yours alone.")
+        if os.environ.get("HF_TOKEN") and not share_space_token():
+            return ("Not signed in: sign in with Hugging Face to publish or to use Inference Providers and "
+                    "Endpoints (this public Space does not lend its own token to visitors). Your runs belong "
+                    "to this browser.")
         if os.environ.get("HF_TOKEN"):
             return ("Not signed in: pushes use this Space's `HF_TOKEN` secret (its user's namespace). "
                     "Your runs belong to this browser.")
@@ -297,7 +346,7 @@ class SpaceApp:
                             + f"\n\nPress **{'Run all' if preset else 'Run: ' + stage}** again to re-run, or "
                             "**Keep the finished run** "
                             "to change nothing.", sig)
-            env = {cfg.publish.token_env: token.token} if token is not None else None
+            env = job_token_env(token.token if token is not None else None, (cfg.publish.token_env,))
             job = self.pool.submit(owner, cfg, stage, env, only=only)
         except TrainerError as exc:
             return f"**Not started:** {for_visitor(redact(str(exc)), run_dir or '')}", ""
@@ -365,6 +414,19 @@ class SpaceApp:
             text += " · " + html.escape(p.message)
         return (f"<div class='de-bar' role='progressbar' aria-valuenow='{p.done:g}' aria-valuemax='{p.total or 0:g}'>"
                 f"<div style='width:{100 * frac:.1f}%'></div></div><div id='progress-text'>{text}</div>")
+
+    def planned_chunks(self, owner: str, cfg: Config) -> tuple[int, bool]:
+        """Chunks the generate stage will see: the finished ingest's count (exact), else a guess from the
+        sample of documents (2 chunks each, 100 documents when all are used)."""
+        counts = self.counts(owner, "ingest")
+        if counts.get("status") == "complete" and counts.get("chunks"):
+            n = int(counts["chunks"])
+            docs = cfg.generate.sample_documents
+            if docs and counts.get("documents"):
+                n = min(n, round(n * docs / max(1, int(counts["documents"]))))
+            return n, True
+        per_doc = cfg.generate.max_chunks_per_document or 2
+        return (cfg.generate.sample_documents or 100) * per_doc, False
 
     def counts(self, owner: str, stage: str) -> dict[str, Any]:
         m = RunDir(self.run_dir(owner)).manifest(stage)
@@ -508,15 +570,33 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             ingest_counts = gr.JSON(label="Ingest counts")
         with gr.Tab("3 Generate"):
             with gr.Group(elem_id="generator-section"):
-                # The generator choice (Inference Providers / a dedicated endpoint / the embedded server) is
-                # being built on the `generators` branch; it replaces the three fields below.
-                inputs["endpoint"] = gr.Textbox("", label="TGI endpoint URL (empty: the embedded llama.cpp server)",
-                                                placeholder="https://xyz.endpoints.huggingface.cloud/v1")
-                inputs["endpoint_model"] = gr.Textbox("tgi", label="Endpoint model name")
-                inputs["generator"] = gr.Dropdown(
-                    ["qwen2.5-coder-0.5b-instruct-q4_k_m", "qwen2.5-coder-1.5b-instruct-q4_k_m",
-                     "smollm2-135m-instruct-q4_1"], value=d["generator"],
-                    label="Embedded generator (offline weights)")
+                gen = {c["value"]: c for c in choices()}
+                inputs["gen_kind"] = gr.Radio(GEN_KINDS, value=d.get("gen_kind", "embedded"), label="Generator",
+                                              elem_id="gen-kind")
+                with gr.Row():
+                    inputs["provider"] = gr.Dropdown(["auto", "together", "nebius", "fireworks-ai", "sambanova",
+                                                      "novita", "hyperbolic", "cerebras", "groq"], value="auto",
+                                                     allow_custom_value=True, label="Inference Provider "
+                                                     "(billed to your Hugging Face account)")
+                    inputs["provider_model"] = gr.Dropdown(gen["provider"]["models"],
+                                                           value=gen["provider"]["default_model"],
+                                                           allow_custom_value=True, label="Provider model")
+                with gr.Row():
+                    inputs["ie_name"] = gr.Textbox("", label="Endpoint name (an existing one is resumed, "
+                                                   "then paused; never deleted)", placeholder="my-query-writer")
+                    inputs["ie_repository"] = gr.Dropdown(gen["inference_endpoint"]["models"],
+                                                          value=gen["inference_endpoint"]["default_model"],
+                                                          allow_custom_value=True, label="Endpoint model")
+                    inputs["ie_instance"] = gr.Dropdown(gen["inference_endpoint"]["instances"],
+                                                        value="aws/nvidia-l4/x1", label="vendor/instance/size")
+                    inputs["ie_region"] = gr.Textbox("us-east-1", label="Region")
+                with gr.Row():
+                    inputs["endpoint"] = gr.Textbox("", label="Your endpoint URL (https)",
+                                                    placeholder="https://xyz.endpoints.huggingface.cloud/v1")
+                    inputs["endpoint_model"] = gr.Textbox("tgi", label="Endpoint model name")
+                inputs["generator"] = gr.Dropdown(gen["embedded"]["models"], value=d["generator"],
+                                                  label="Embedded generator (offline weights)")
+                gen_plan = gr.Markdown("", elem_id="generator-plan")
             inputs["questions_per_chunk"] = gr.Slider(1, 6, value=d["questions_per_chunk"], step=1,
                                                       label="Questions per chunk", elem_id="questions")
             inputs["query_types"] = gr.CheckboxGroup(
@@ -626,6 +706,24 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             return f"{summary}**Estimated time: {_minutes(est.total_s)}** ({steps}); from the rates in BENCHMARKS.md."
 
         preset.change(explain_preset, [preset, session, *settings], preset_note)
+
+        def explain_generator(sess: str, profile: gr.OAuthProfile | None, *values: Any) -> str:
+            try:
+                owner = app.owner(sess, profile)
+                vals = dict(zip(SETTINGS, values, strict=True), uploads=None)
+                cfg = config_from(vals, app.run_dir(owner))
+            except TrainerError as exc:
+                return f"No estimate: {for_visitor(str(exc))}"
+            chunks, exact = app.planned_chunks(owner, cfg)
+            text = format_plan(generator_plan(cfg, chunks)).replace("\n  ", "\n- ")
+            basis = "" if exact else f" (assuming {chunks:,} chunks: run ingest for the exact number)"
+            return f"**Before Run:** {text}{basis}"
+
+        gen_fields = [inputs[k] for k in ("gen_kind", "provider", "provider_model", "ie_name", "ie_repository",
+                                          "ie_instance", "ie_region", "endpoint", "endpoint_model", "generator",
+                                          "questions_per_chunk", "sample_documents")]
+        for comp in gen_fields:
+            comp.change(explain_generator, [session, *settings], gen_plan)
 
         def do_cancel(sess: str, profile: gr.OAuthProfile | None) -> tuple[Any, ...]:
             return gr.update(visible=True), app.cancel(sess, profile), gr.update(visible=False), "", ""

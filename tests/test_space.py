@@ -10,17 +10,21 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from spaces.sessions import for_visitor, owner_key
+from spaces.sessions import for_visitor, job_token_env, owner_key, share_space_token
 from spaces.ui import SETTINGS, SpaceApp, config_from, rerun_changes, values_from_config
 from tests.conftest import REPO
 from trainer.errors import TrainerError
+from trainer.generators import PROVIDER_MODELS, generator_kind
+from trainer.jobs import job_environment
 
 SESSION_A, SESSION_B = "a" * 32, "b" * 32
 
 
 def values(**over):
     v = {
-        "domain": "code", "source": "builtin:python-docs", "uploads": None,
+        "domain": "code", "source": "builtin:python-docs", "uploads": None, "gen_kind": "embedded",
+        "provider": "auto", "provider_model": PROVIDER_MODELS[0][0], "ie_name": "",
+        "ie_repository": "Qwen/Qwen2.5-7B-Instruct", "ie_instance": "aws/nvidia-l4/x1", "ie_region": "us-east-1",
         "endpoint": "", "endpoint_model": "tgi", "generator": "smollm2-135m-instruct-q4_1",
         "questions_per_chunk": 1, "query_types": ["factual", "contextual", "multi_hop"], "sample_documents": 2,
         "mine_mode": "hybrid", "num_negatives": 2,
@@ -37,13 +41,63 @@ def settings(**over):
 
 
 def test_ui_fields_make_the_same_config_as_the_cli(tmp_path):
-    cfg = config_from(values(endpoint="http://127.0.0.1:9/v1"), tmp_path)
+    cfg = config_from(values(gen_kind="endpoint", endpoint="http://127.0.0.1:9/v1"), tmp_path)
     assert cfg.domain == "code" and cfg.ingest.source == "builtin:python-docs" and cfg.run.dir == tmp_path
     assert cfg.generate.endpoint == "http://127.0.0.1:9/v1" and cfg.generate.sample_documents == 2
     assert cfg.mine.num_negatives == 2 and cfg.train.profile == "cpu" and cfg.publish.private is True
     assert cfg.generate.query_types is None  # all three ticked: the recipe's rotation
     claims = config_from(values(query_types=["factual"]), tmp_path)
     assert claims.generate.query_types == ["factual"]
+
+
+def test_the_generator_section_makes_provider_and_endpoint_configs(tmp_path):
+    cfg = config_from(values(gen_kind="provider", provider="together", provider_model="Qwen/Qwen2.5-72B-Instruct"),
+                      tmp_path)
+    assert generator_kind(cfg) == "provider" and cfg.generate.provider == "together"
+    assert cfg.generate.model == "Qwen/Qwen2.5-72B-Instruct"
+    ie = config_from(values(gen_kind="inference_endpoint", ie_name="my-writer", ie_instance="aws/nvidia-a10g/x1",
+                            ie_region="eu-west-1"), tmp_path)
+    spec = ie.generate.inference_endpoint
+    assert generator_kind(ie) == "inference_endpoint" and spec.name == "my-writer"
+    assert (spec.vendor, spec.instance_type, spec.instance_size, spec.region) == ("aws", "nvidia-a10g", "x1",
+                                                                                  "eu-west-1")
+    for cfg_, kind in ((cfg, "provider"), (ie, "inference_endpoint")):  # a reload shows the same choice
+        back = values_from_config(cfg_, tmp_path)
+        assert back["gen_kind"] == kind and config_from(back, tmp_path) == cfg_
+    with pytest.raises(TrainerError, match="name your Inference Endpoint"):
+        config_from(values(gen_kind="inference_endpoint"), tmp_path)
+
+
+def test_on_the_space_a_visitors_endpoint_url_cannot_reach_this_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "someone/domain-embed")
+    for bad in ("http://example.org/v1", "https://127.0.0.1:8080/v1", "https://localhost/v1",
+                "https://10.0.0.5/v1", "https://169.254.169.254/latest"):
+        with pytest.raises(TrainerError, match="endpoint URL"):
+            config_from(values(gen_kind="endpoint", endpoint=bad), tmp_path)
+    ok = config_from(values(gen_kind="endpoint", endpoint="https://xyz.endpoints.huggingface.cloud/v1"), tmp_path)
+    assert ok.generate.endpoint == "https://xyz.endpoints.huggingface.cloud/v1"
+
+
+def test_a_public_spaces_token_is_not_lent_to_visitors(monkeypatch):
+    """Signed in: the visitor's own token in every token variable. Not signed in on a public Space: the Space's
+    HF_TOKEN secret is removed from the job's environment (nobody publishes or pays with the owner's token)."""
+    monkeypatch.setenv("HF_TOKEN", "hf_SpaceOwnersSecretToken0123456789")
+    monkeypatch.setenv("DOMAIN_EMBED_SPACE_SHARE_TOKEN", "0")
+    share_space_token.cache_clear()
+    try:
+        assert job_token_env("hf_visitor") == {"HF_TOKEN": "hf_visitor", "HUGGING_FACE_HUB_TOKEN": "hf_visitor"}
+        env = job_environment(job_token_env(None, ("MY_TOKEN",)))
+        assert "HF_TOKEN" not in env and "HUGGING_FACE_HUB_TOKEN" not in env and "MY_TOKEN" not in env
+        monkeypatch.setenv("DOMAIN_EMBED_SPACE_SHARE_TOKEN", "1")  # a duplicated private Space: its owner's
+        share_space_token.cache_clear()
+        assert job_environment(job_token_env(None))["HF_TOKEN"] == "hf_SpaceOwnersSecretToken0123456789"
+        monkeypatch.delenv("DOMAIN_EMBED_SPACE_SHARE_TOKEN")
+        monkeypatch.setenv("SPACE_ID", "someone/domain-embed")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # visibility cannot be checked: treated as public
+        share_space_token.cache_clear()
+        assert share_space_token() is False
+    finally:
+        share_space_token.cache_clear()
 
 
 def test_visitors_cannot_point_the_space_at_server_folders(tmp_path):

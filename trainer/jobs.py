@@ -66,6 +66,18 @@ class Job:
         return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
+def job_environment(extra: dict[str, str | None] | None) -> dict[str, str]:
+    """The server's environment plus ``extra``; a None value removes that variable (a visitor's job does not
+    get the Space's own HF_TOKEN secret)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
 class JobManager:
     def __init__(self, state_dir: str | Path):
         self.state_dir = Path(state_dir)
@@ -119,7 +131,7 @@ class JobManager:
         write_text_atomic(config_path, cfg.to_yaml())
         return run_dir, config_path
 
-    def start(self, cfg: Config, to: str, env: dict[str, str] | None = None, *, only: bool = False) -> Job:
+    def start(self, cfg: Config, to: str, env: dict[str, str | None] | None = None, *, only: bool = False) -> Job:
         """Start the chain up to ``to`` (``only``: that one stage); refuses while another job runs. ``env``
         adds variables for the job only (e.g. a token from an OAuth login): they are never written to disk."""
         self._refuse_if_active()
@@ -137,14 +149,14 @@ class JobManager:
         self._save(job)
         return job
 
-    def launch(self, env: dict[str, str] | None = None) -> Job | None:
+    def launch(self, env: dict[str, str | None] | None = None) -> Job | None:
         """Start the queued job (None when there is none)."""
         job = self.current()
         if job is None or job.status != "queued":
             return None
         return self._launch(job, env)
 
-    def _launch(self, job: Job, env: dict[str, str] | None) -> Job:
+    def _launch(self, job: Job, env: dict[str, str | None] | None) -> Job:
         config_path = Path(job.run_dir) / "job-config.yaml"
         args = [job.to] if job.only else ["run", "--to", job.to]
         exit_path = self.state_dir / "job.exit"
@@ -157,7 +169,7 @@ class JobManager:
                 ["/bin/sh", "-c", script, str(exit_path), sys.executable, "-m", "trainer", *args,
                  "-c", str(config_path)],
                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
+                env=job_environment(env), start_new_session=True,
             )
         job.pid, job.started, job.status = self._proc.pid, time.time(), "running"
         self._save(job)
@@ -293,7 +305,7 @@ class JobPool:
         q = self.queue()
         return q.index(owner) + 1 if owner in q else None
 
-    def submit(self, owner: str, cfg: Config, to: str, env: dict[str, str] | None = None, *,
+    def submit(self, owner: str, cfg: Config, to: str, env: dict[str, str | None] | None = None, *,
                only: bool = False) -> Job:
         """Start the owner's job now when a slot is free, else queue it (refused while one is active)."""
         with self._lock:
