@@ -343,7 +343,9 @@ def export_openvino(model_dir: str | Path, out_dir: str | Path, *, calibration: 
             qdir = Path(scratch) / "int8"
             quantizer.quantize(dataset, save_directory=qdir,
                                ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=len(dataset))))
-            xml = qdir / "openvino_model.xml"
+            # sentence-transformers' wrapper saves into an openvino/ sub-folder
+            xml = next(x for x in (qdir / "openvino" / "openvino_model.xml", qdir / "openvino_model.xml")
+                       if x.is_file())
             target = tmp / Path(OPENVINO_INT8_FILE).name
             shutil.move(str(xml), target)
             shutil.move(str(xml.with_suffix(".bin")), target.with_suffix(".bin"))
