@@ -10,7 +10,13 @@ encodes of all passages:
 - ONNX int8 dynamic quantization for this CPU (export_dynamic_quantized_onnx_model);
 - ONNX int8 static quantization (optimum's ORTQuantizer, QDQ, min-max calibration on --calibration
   passages of the same corpus, kept apart from the timed ones);
-- OpenVINO fp32 (sentence-transformers' backend="openvino") when optimum-intel and openvino import.
+- OpenVINO fp32 (sentence-transformers' backend="openvino") and OpenVINO int8 static (NNCF through
+  optimum-intel's OVQuantizer, calibrated on the same --calibration passages), exported as the export stage
+  does it (trainer.export.export_openvino), when requirements-openvino.txt is installed; else recorded as
+  not run, with the reason.
+
+The report (printed, and written to --json, default benchmarks/results/export_bench-<cpu>.json) records the
+CPU: model name, core count, the flags that decide the winner (VNNI, bf16, AMX) and the full flag list.
 
 Quality: min cosine vs PyTorch fp32 on the timed passages for every candidate, and nDCG@10 on a SciFact
 test sub-sample (--ndcg-queries/--ndcg-corpus) for the lossy ones (bf16, int8) and PyTorch. Then the
@@ -19,6 +25,7 @@ applied to these numbers, and ``python -m trainer.serve`` (fp32, then int8) answ
 POST /v1/embeddings calls with one short query (p50/p95 latency).
 
     python benchmarks/export_bench.py --passages 300 --repeats 5
+    pip install -r requirements-openvino.txt   # first, to include OpenVINO
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -42,12 +50,17 @@ from trainer.export import (
     Candidate,
     choose_backend,
     cosines,
+    cpu_features,
     cpu_flags,
     cpu_name,
     export_onnx,
+    export_openvino,
     int8_file_name,
+    load_bf16,
     load_onnx,
+    load_openvino,
     load_retrieval_task,
+    openvino_unavailable,
     parity_passages,
     pick_int8_config,
     retrieval_ndcg,
@@ -59,8 +72,7 @@ from trainer.serve import EmbeddingServer
 QUERY = "Does vitamin D supplementation reduce fracture risk?"
 TORCH = "PyTorch fp32"
 MIN_COSINE, MAX_NDCG_DROP = 0.999, 0.5  # the export stage's defaults (export.min_cosine, export.max_ndcg_drop)
-INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
-                     "amx_bf16")
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def latency(base_url: str, requests: int, warmup: int) -> dict[str, float]:
@@ -100,7 +112,6 @@ def export_static_int8(out: Path, calibration: list[str], tokenizer: Any, config
 def load_candidates(model_dir: Path, out: Path, int8_config: str, calibration: list[str],
                     skipped: dict[str, str]) -> tuple[dict[str, Any], dict[str, str], float]:
     """Every candidate that could be built here (name -> model), their files, and the export seconds."""
-    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.backend import export_dynamic_quantized_onnx_model, export_optimized_onnx_model
 
@@ -122,22 +133,29 @@ def load_candidates(model_dir: Path, out: Path, int8_config: str, calibration: l
                                                                        onnx_fp32.max_seq_length)
     except Exception as exc:  # noqa: BLE001
         skipped[f"ONNX int8 static ({int8_config})"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+    ov_files: dict[str, str] = {}
+    missing = openvino_unavailable(int8=True)
+    if missing:
+        skipped["OpenVINO fp32"] = skipped["OpenVINO int8 static"] = missing
+    else:
+        try:
+            exported = export_openvino(model_dir, out, calibration=calibration)
+            ov_files = {"OpenVINO fp32": exported["openvino"], "OpenVINO int8 static": exported["openvino_int8"]}
+        except Exception as exc:  # noqa: BLE001 -- reported in the table; the rest is measured
+            skipped["OpenVINO fp32"] = skipped["OpenVINO int8 static"] = f"{type(exc).__name__}: {str(exc)[:160]}"
     export_s = time.perf_counter() - started
 
     models: dict[str, Any] = {TORCH: SentenceTransformer(str(model_dir), device="cpu")}
     flags = cpu_flags()
     if flags & {"avx512_bf16", "amx_bf16"}:
-        models["PyTorch bf16"] = SentenceTransformer(str(model_dir), device="cpu",
-                                                     model_kwargs={"dtype": torch.bfloat16})
+        models["PyTorch bf16"] = load_bf16(model_dir)
     else:
         skipped["PyTorch bf16"] = "no avx512_bf16 / amx_bf16 on this CPU"
     for name, file in files.items():
         models[name] = onnx_fp32 if file == files["ONNX fp32"] else load_onnx(out, file)
-    try:
-        models["OpenVINO fp32"] = SentenceTransformer(str(model_dir), device="cpu", backend="openvino")
-    except Exception as exc:  # noqa: BLE001 -- optimum-intel/openvino absent or broken
-        skipped["OpenVINO fp32"] = f"{type(exc).__name__}: {str(exc)[:160]}"
-    return models, files, export_s
+    for name, file in ov_files.items():
+        models[name] = load_openvino(out, file)
+    return models, {**files, **ov_files}, export_s
 
 
 def main() -> None:
@@ -153,7 +171,8 @@ def main() -> None:
     ap.add_argument("--ndcg-corpus", type=int, default=1000)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--json", default=None, help="also write the report here")
+    ap.add_argument("--json", default=None, help="also write the report here (default: "
+                    "benchmarks/results/export_bench-<cpu>.json; 'off' writes none)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -221,9 +240,9 @@ def main() -> None:
             for label, int8 in (("fp32", False), (f"int8 dynamic ({int8_config})", True)):
                 with EmbeddingServer(out, int8=int8) as srv:
                     api[label] = latency(srv.base_url, args.requests, args.warmup)
-    flags = cpu_flags()
     report = {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "flags": [f for f in INTERESTING_FLAGS if f in flags],
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "flags": cpu_features(),
+                    "all_flags": sorted(cpu_flags()), "machine": platform.machine(),
                     "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "python": platform.python_version(), "load_avg_before": [round(x, 2) for x in load_before],
                     "load_avg_after": [round(x, 2) for x in os.getloadavg()]},
@@ -234,8 +253,10 @@ def main() -> None:
     }
     text = json.dumps(report, indent=2)
     print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    json_path = args.json or RESULTS / f"export_bench-{re.sub(r'[^a-z0-9]+', '-', cpu_name().lower()).strip('-')}.json"
+    if args.json != "off":
+        Path(json_path).write_text(text + "\n", encoding="utf-8")
+        print(f"(written to {json_path})")
     print(f"\n| candidate ({len(passages)} passages, ~{report['mean_tokens']:.0f} tokens, batch {args.batch}, median "
           f"of {args.repeats}) | sentences/s | vs PyTorch fp32 | min cosine vs PyTorch | nDCG@10 (drop, points) |")
     print("|---|---|---|---|---|")

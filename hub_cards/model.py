@@ -205,11 +205,20 @@ def _serving_note(serving: Mapping[str, Any]) -> list[str]:
     if not speeds:
         return [f"The export stage serves `{serving.get('file')}` by default ({serving.get('why', '')})."]
     measured = ", ".join(f"{name} {sps}" for name, sps in speeds.items())
-    served = serving.get("file") if serving.get("backend") == "onnx" else "the PyTorch model"
-    return [f"Encode speed measured by the export stage on {serving.get('cpu', 'its CPU')} (sentences/s): "
+    skipped = serving.get("skipped") or {}
+    if skipped:
+        measured += "; not run there: " + ", ".join(f"{name} ({why})" for name, why in skipped.items())
+    if serving.get("backend") in ("onnx", "openvino"):
+        served = serving.get("file")
+    else:
+        served = "the PyTorch model" + (" in bfloat16" if serving.get("dtype") == "bfloat16" else "")
+    cpu = serving.get("cpu", "its CPU")
+    if serving.get("cpu_flags"):
+        cpu += f" ({' '.join(serving['cpu_flags'])})"
+    return [f"Encode speed measured by the export stage on {cpu} (sentences/s): "
             f"{measured}. There `trainer.serve` serves {served} by default: {serving.get('why', '')}. "
-            "Speeds depend on the CPU (int8 gains most with AVX512-VNNI): on another machine, time them again "
-            "(`benchmarks/export_bench.py`) and pick one with `--file` or `--int8`."]
+            "Speeds depend on the CPU (int8 gains most with AVX512-VNNI, bf16 needs AVX512-BF16 or AMX): on another "
+            "machine, time them again (`benchmarks/export_bench.py`) and pick one with `--file` or `--int8`."]
 
 
 def _usage(repo_id: str, facts: ModelFacts, onnx_files: Sequence[str], dims: Sequence[int],

@@ -103,6 +103,12 @@ def test_model_card_says_what_the_export_stage_measured_and_serves(tmp_path, st_
     torch_fastest = {**serving, "backend": "pytorch", "sentences_per_s": {"pytorch": 50.0, "fp32": 40.0}}
     assert "serves the PyTorch model by default" in ModelCard(str(_card(tmp_path, st_card, REPORT_IMPROVED,
                                                                         serving=torch_fastest))).text
+    bf16 = {**serving, "backend": "pytorch", "dtype": "bfloat16", "cpu": "AMD EPYC",
+            "cpu_flags": ["avx512_vnni", "avx512_bf16"], "sentences_per_s": {"pytorch": 23.9, "bf16": 45.9},
+            "skipped": {"openvino": "optional backend not installed"}}
+    text = ModelCard(str(_card(tmp_path, st_card, REPORT_IMPROVED, serving=bf16))).text
+    assert ("on AMD EPYC (avx512_vnni avx512_bf16) (sentences/s): pytorch 23.9, bf16 45.9; not run there: openvino "
+            "(optional backend not installed). There `trainer.serve` serves the PyTorch model in bfloat16") in text
 
 def test_card_of_a_trained_model_keeps_sentence_transformers_sections_and_adds_ours(trained_and_published):
     run_dir, card = trained_and_published

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,10 @@ from trainer.config import load_config
 from trainer.errors import InputError, StageError
 from trainer.export import (
     FP32_FILE,
+    OPENVINO_FILE,
+    OPENVINO_INT8_FILE,
     PYTORCH,
+    PYTORCH_BF16,
     SERVING_FILE,
     STAGE,
     Candidate,
@@ -74,15 +78,26 @@ def run_export(cfg):
     return run_stage(STAGE, cfg, rd)
 
 
+def small_retrieval() -> list[str]:
+    """The lossy candidates' nDCG check on a slice of AILA statutes (10 queries: it exercises the check; the
+    full check is the slow test's), or off without the shared data."""
+    if not (data_dir() / "aila_statutes").is_dir():
+        return ["export.retrieval_check=off"]
+    return ["export.retrieval_check=data:aila_statutes", "export.retrieval_max_queries=10",
+            "export.retrieval_max_corpus=20", "export.max_ndcg_drop=5"]
+
+
+def fastest(name: str):
+    """A CPU where ``name`` is the fastest candidate (timing stands in for the real one)."""
+    return lambda models, *a, **k: {n: 90.0 if n == name else 50.0 if n == PYTORCH else 40.0 for n in models}
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """One export of the base model: 200 parity passages, int8 for this CPU, int8 nDCG on a slice of AILA
-    statutes (10 queries: it exercises the check; the full check is the slow test's)."""
+    """One export of the base model: 200 parity passages, int8 for this CPU (and bf16 / OpenVINO where they
+    run here), their nDCG on a slice of AILA statutes."""
     root = tmp_path_factory.mktemp("export")
-    retrieval = ("export.retrieval_check=data:aila_statutes" if (data_dir() / "aila_statutes").is_dir()
-                 else "export.retrieval_check=off")
-    cfg = make_cfg(root / "run", "export.parity_passages=200", retrieval, "export.retrieval_max_queries=10",
-                   "export.retrieval_max_corpus=20", "export.max_ndcg_drop=5", "export.speed_passages=32",
+    cfg = make_cfg(root / "run", "export.parity_passages=200", *small_retrieval(), "export.speed_passages=32",
                    "export.speed_repeats=1")
     outcome = run_export(cfg)
     return cfg, outcome
@@ -95,7 +110,8 @@ def test_export_writes_a_sentence_transformers_folder_with_fp32_and_int8(exporte
     assert m["status"] == "complete"
     out = Path(cfg.run.dir) / "stages" / "export" / "onnx"
     expected_int8 = int8_file_name(pick_int8_config())
-    assert m["counts"]["files"] == {"fp32": FP32_FILE, "int8": expected_int8}
+    onnx_files = {k: v for k, v in m["counts"]["files"].items() if not k.startswith("openvino")}
+    assert onnx_files == {"fp32": FP32_FILE, "int8": expected_int8}
     assert (out / FP32_FILE).is_file() and (out / expected_int8).is_file()
     modules = [mod["type"].rsplit(".", 1)[-1] for mod in json.loads((out / "modules.json").read_text())]
     assert modules == ["Transformer", "Pooling", "Normalize"]
@@ -105,6 +121,7 @@ def test_export_writes_a_sentence_transformers_folder_with_fp32_and_int8(exporte
     has_vnni = "avx512_vnni" in export.cpu_flags()
     assert m["counts"]["int8_config"] == "avx512_vnni" if has_vnni else m["counts"]["int8_config"] in {"avx2", "arm64"}
     assert m["counts"]["cpu_avx512_vnni"] == ("avx512_vnni" in export.cpu_flags())
+    assert m["counts"]["cpu_flags"] == export.cpu_features() and "avx2" in m["counts"]["cpu_flags"]
 
 
 def test_the_fastest_passing_candidate_is_recorded_and_served(exported):
@@ -115,14 +132,20 @@ def test_the_fastest_passing_candidate_is_recorded_and_served(exported):
     out = Path(cfg.run.dir) / "stages" / "export" / "onnx"
     assert json.loads((out / SERVING_FILE).read_text())["why"] == serving["why"]
     speeds = serving["sentences_per_s"]
-    assert set(speeds) == {PYTORCH, "fp32", "int8"} and min(speeds.values()) > 0
+    rows = {r["name"]: r for r in outcome.manifest["counts"]["candidates"]}
+    ran = {name for name, r in rows.items() if r["run"]}
+    assert set(speeds) == ran and {PYTORCH, "fp32", "int8"} <= ran and min(speeds.values()) > 0
+    # every candidate is accounted for: measured, or skipped with the reason
+    assert set(rows) == {PYTORCH, "fp32", "int8", "bf16", "openvino", "openvino_int8"}
+    assert {n: r["why"] for n, r in rows.items() if not r["run"]} == serving["skipped"]
     assert serving["cpu"] == export.cpu_name() and serving["speed_passages"] == 32
+    assert serving["cpu_flags"] == export.cpu_features()
     # the recorded choice is the rule applied to the recorded speeds
-    int8_ok = not outcome.manifest["counts"]["retrieval_check"].startswith("skipped")
-    best, _ = choose_backend([Candidate(PYTORCH, None, speeds[PYTORCH]), Candidate("fp32", FP32_FILE, speeds["fp32"]),
-                              Candidate("int8", "x", speeds["int8"], int8_ok)])
-    assert serving["backend"] == ("onnx" if best.file else PYTORCH)
-    assert pick_onnx_file(out) == (serving["file"] if best.file else PYTORCH)
+    best, _ = choose_backend([Candidate(PYTORCH, None, speeds[PYTORCH])] + [
+        Candidate(n, n, speeds[n], rows[n]["passed_parity"]) for n in ran if n != PYTORCH])
+    assert (serving["backend"], serving["dtype"]) == export.backend_of(best.name)
+    expected = {PYTORCH: PYTORCH, "bf16": PYTORCH_BF16}.get(best.name, serving["file"])
+    assert pick_onnx_file(out) == expected
     assert pick_onnx_file(out, int8=True).endswith(f"_{pick_int8_config()}.onnx")  # explicit choices still win
     assert pick_onnx_file(out, file_name=FP32_FILE) == FP32_FILE
 
@@ -148,7 +171,7 @@ def test_choose_backend_falls_back_to_pytorch_when_nothing_is_faster():
                   Candidate("int8", "onnx/int8.onnx", 50.0, False, "retrieval check skipped, so not judged")]
     best, why = choose_backend(candidates)
     assert best.name == PYTORCH and best.file is None
-    assert "no exported file passing parity was faster than PyTorch's 33.4 sentences/s" in why
+    assert "no candidate passing parity was faster than PyTorch's 33.4 sentences/s" in why
     with pytest.raises(ValueError, match="PyTorch reference"):
         choose_backend(candidates[1:])
 
@@ -156,7 +179,8 @@ def test_choose_backend_falls_back_to_pytorch_when_nothing_is_faster():
 def test_pytorch_fastest_is_recorded_and_served(tmp_path, monkeypatch):
     from trainer.serve import Embedder, pick_onnx_file
 
-    cfg = make_cfg(tmp_path / "run", "export.parity_passages=12", "export.int8=false")
+    cfg = make_cfg(tmp_path / "run", "export.parity_passages=12", "export.int8=false", "export.bf16=false",
+                   "export.openvino=false")
     # a CPU where ONNX Runtime is slower than PyTorch
     monkeypatch.setattr(export, "time_encodes", lambda models, *a, **k: {n: 50.0 if n == PYTORCH else 40.0
                                                                           for n in models})
@@ -169,6 +193,100 @@ def test_pytorch_fastest_is_recorded_and_served(tmp_path, monkeypatch):
     assert type(embedder.model[0].auto_model).__module__.startswith("transformers")  # PyTorch, not ONNX Runtime
     got, _ = embedder.encode(SENTENCES)
     assert cosines(got, load_onnx(out).encode(SENTENCES)).min() >= 0.999
+
+
+def test_bf16_is_a_candidate_where_the_cpu_has_it(exported):
+    counts = exported[1].manifest["counts"]
+    row = next(r for r in counts["candidates"] if r["name"] == "bf16")
+    if export.bf16_unavailable() is not None:
+        assert row == {"name": "bf16", "run": False, "why": export.bf16_unavailable()}
+        assert "avx512_bf16" in row["why"]
+        return
+    assert row["run"] and row["sentences_per_s"] > 0
+    assert 0.99 < counts["bf16_min_cosine"] < 1.0  # close to PyTorch fp32, not equal: judged by retrieval
+    if counts["retrieval_check"].startswith("skipped"):
+        assert row["passed_parity"] is False and "not judged" in row["why"]
+    else:
+        assert counts["bf16_ndcg_drop_points"] == pytest.approx(
+            (counts["torch_ndcg@10"] - counts["bf16_ndcg@10"]) * 100, abs=1e-2)
+        assert row["passed_parity"] == (counts["bf16_ndcg_drop_points"] <= 5)
+
+
+def test_bf16_chosen_is_recorded_and_served_in_bf16(tmp_path, monkeypatch):
+    import torch
+
+    from trainer.serve import Embedder, backend_and_precision, pick_onnx_file
+
+    if export.bf16_unavailable() is not None:
+        pytest.skip(f"PyTorch bf16 is not a candidate on this CPU: {export.bf16_unavailable()}")
+    if not (data_dir() / "aila_statutes").is_dir():
+        pytest.skip("bf16 is only eligible after its retrieval check, which needs the shared AILA statutes set")
+    cfg = make_cfg(tmp_path / "run", "export.parity_passages=12", "export.int8=false", "export.openvino=false",
+                   *small_retrieval())
+    monkeypatch.setattr(export, "time_encodes", fastest("bf16"))
+    counts = run_export(cfg).manifest["counts"]
+    serving = counts["serving"]
+    assert (serving["backend"], serving["dtype"]) == (PYTORCH, "bfloat16")
+    assert serving["why"].startswith("bf16: fastest that passed parity, 90.0 sentences/s = 1.80x PyTorch")
+    out = Path(cfg.run.dir) / "stages" / "export" / "onnx"
+    parity = json.loads((out.parent / "parity.json").read_text())
+    assert parity["serving"]["dtype"] == "bfloat16" and parity["cpu_flags"] == export.cpu_features()
+    # serve loads what the stage measured: the trained model in bf16, giving the stage's vectors
+    assert pick_onnx_file(out) == PYTORCH_BF16
+    embedder = Embedder(out, pick_onnx_file(out))
+    assert backend_and_precision(embedder.file_name) == (PYTORCH, "bfloat16")
+    assert next(embedder.model.parameters()).dtype == torch.bfloat16
+    got, _ = embedder.encode(SENTENCES)
+    measured = export.load_bf16(resolve_model(BASE, offline=True)).encode(SENTENCES)
+    np.testing.assert_allclose(got, measured, atol=1e-6)
+    fp32 = load_onnx(out).encode(SENTENCES)
+    assert counts["bf16_min_cosine"] - 0.01 < cosines(got, fp32).min() < 1.0
+
+
+def test_openvino_absent_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    """The optional backend missing (as in requirements.txt alone): the stage runs and says why."""
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
+    cfg = make_cfg(tmp_path / "run", "export.parity_passages=12", "export.int8=false", "export.bf16=false",
+                   "export.speed_passages=8", "export.speed_repeats=1")
+    counts = run_export(cfg).manifest["counts"]
+    assert not any(k.startswith("openvino") for k in counts["files"])
+    reason = counts["serving"]["skipped"]["openvino"]
+    assert reason.startswith("optional backend not installed (ModuleNotFoundError")
+    assert "requirements-openvino.txt" in reason
+    assert counts["serving"]["skipped"]["openvino_int8"] == reason
+    assert {"name": "openvino", "run": False, "why": reason} in counts["candidates"]
+    why = counts["serving"]["why"]
+    assert f"not run: openvino ({reason})" in why and "bf16 (export.bf16 is false)" in why
+    assert not (Path(cfg.run.dir) / "stages/export/onnx/openvino").exists()
+
+
+def test_openvino_candidates_are_judged_timed_and_served(tmp_path, monkeypatch):
+    """With requirements-openvino.txt installed: fp32 by cosine, static int8 by retrieval; serve loads it."""
+    from trainer.serve import Embedder, backend_and_precision, pick_onnx_file
+
+    missing = export.openvino_unavailable(int8=True)
+    if missing:
+        pytest.skip(f"OpenVINO is an optional backend: {missing}")
+    cfg = make_cfg(tmp_path / "run", "export.parity_passages=12", "export.bf16=false", *small_retrieval(),
+                   "export.on_parity_failure=warn")
+    monkeypatch.setattr(export, "time_encodes", fastest("openvino"))
+    counts = run_export(cfg).manifest["counts"]
+    assert counts["files"]["openvino"] == OPENVINO_FILE and counts["files"]["openvino_int8"] == OPENVINO_INT8_FILE
+    assert counts["openvino_min_cosine"] >= 0.999
+    assert 0.9 < counts["openvino_int8_min_cosine"] < 0.9999
+    rows = {r["name"]: r for r in counts["candidates"]}
+    assert rows["openvino"]["passed_parity"] is True and rows["openvino_int8"]["run"] is True
+    serving = counts["serving"]
+    assert (serving["backend"], serving["file"]) == ("openvino", OPENVINO_FILE)
+    out = Path(cfg.run.dir) / "stages" / "export" / "onnx"
+    assert pick_onnx_file(out) == OPENVINO_FILE
+    embedder = Embedder(out, OPENVINO_FILE)
+    assert backend_and_precision(embedder.file_name) == ("openvino", "fp32")
+    got, _ = embedder.encode(SENTENCES)
+    assert cosines(got, load_onnx(out).encode(SENTENCES)).min() >= 0.999
+    # the folder on a machine without OpenVINO: serve falls back to ONNX fp32
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert pick_onnx_file(out) == FP32_FILE
 
 
 def test_fp32_parity_on_200_real_passages(exported):
@@ -223,7 +341,8 @@ def test_load_onnx_names_missing_files(exported):
 
 
 def test_failed_parity_stops_the_stage_and_the_rerun_reuses_the_export(tmp_path, monkeypatch):
-    cfg = make_cfg(tmp_path / "run", "export.parity_passages=12", "export.int8=false")
+    cfg = make_cfg(tmp_path / "run", "export.parity_passages=12", "export.int8=false", "export.bf16=false",
+                   "export.openvino=false")
     real = export.cosines
     monkeypatch.setattr(export, "cosines", lambda a, b: real(a, b) - 0.01)  # an export that drifted
     with pytest.raises(StageError, match=r"min cosine 0\.9\d+( at \d+ dimensions)? < export.min_cosine 0.999 "
@@ -239,12 +358,13 @@ def test_failed_parity_stops_the_stage_and_the_rerun_reuses_the_export(tmp_path,
     outcome = run_stage(STAGE, cfg, rd)
     assert outcome.action == "resumed" and calls == []  # the export was reused, not redone
     assert outcome.manifest["counts"]["files"] == {"fp32": FP32_FILE}
+    assert outcome.manifest["counts"]["serving"]["skipped"]["openvino"] == "export.openvino is false"
     assert outcome.manifest["counts"]["fp32_min_cosine"] >= 0.999
 
 
 def test_warn_mode_records_the_failure(tmp_path, monkeypatch):
-    cfg = make_cfg(tmp_path / "run", "export.parity_passages=12", "export.int8=false",
-                   "export.on_parity_failure=warn")
+    cfg = make_cfg(tmp_path / "run", "export.parity_passages=12", "export.int8=false", "export.bf16=false",
+                   "export.openvino=false", "export.on_parity_failure=warn")
     real = export.cosines
     monkeypatch.setattr(export, "cosines", lambda a, b: real(a, b) - 0.01)
     counts = run_export(cfg).manifest["counts"]
@@ -326,3 +446,5 @@ def test_default_parity_on_1000_passages_and_int8_ndcg(tmp_path):
     assert counts["parity_passages"] == 1000
     assert counts["fp32_min_cosine"] >= 0.999
     assert counts["int8_ndcg_drop_points"] <= 0.5
+    if "bf16_ndcg_drop_points" in counts:  # where the CPU has avx512_bf16 / AMX
+        assert counts["bf16_ndcg_drop_points"] <= 0.5

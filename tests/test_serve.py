@@ -156,6 +156,29 @@ def test_int8_server(exported, reference):
     assert cosines(got, reference).min() > 0.95  # int8: close, not identical
 
 
+def test_the_stages_bf16_choice_is_served_in_bf16(exported, reference, tmp_path):
+    """serving.json saying PyTorch bf16 (what the export stage writes when bf16 won on an avx512_bf16 CPU):
+    the server runs the trained PyTorch model in bfloat16 and answers with its vectors."""
+    import json
+    import shutil
+
+    from trainer.export import SERVING_FILE, cpu_name, load_bf16
+
+    folder = tmp_path / "bf16-run" / "stages" / "export" / "onnx"
+    shutil.copytree(exported, folder)
+    base = resolve_model("sentence-transformers/all-MiniLM-L6-v2", offline=True)
+    (folder / SERVING_FILE).write_text(json.dumps({
+        "backend": "pytorch", "dtype": "bfloat16", "file": "onnx/model.onnx", "pytorch_model": str(base),
+        "cpu": cpu_name(), "why": "bf16: fastest that passed parity"}))
+    with EmbeddingServer(folder) as srv:
+        health = httpx.get(f"http://127.0.0.1:{srv.port}/health").json()
+        assert (health["backend"], health["precision"], health["file"]) == ("pytorch", "bfloat16", "pytorch:bfloat16")
+        client = openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
+        got = np.array([d.embedding for d in client.embeddings.create(model="bf16-run", input=TEXTS).data])
+    np.testing.assert_allclose(got, load_bf16(base).encode(TEXTS), atol=1e-5)  # what the stage measured
+    assert 0.99 < cosines(got, reference).min() < 1.0  # bf16: close to fp32, not identical
+
+
 def test_api_key_and_body_limit_in_process(exported):
     from fastapi.testclient import TestClient
 

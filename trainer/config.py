@@ -496,12 +496,17 @@ class ExportConfig(_Section):
     batch_size: int = Field(32, ge=1, description="Encoding batch size of the parity checks.")
     select: Literal["fastest", "fp32"] = Field(
         "fastest", description="What `trainer.serve` loads by default (the exported folder's serving.json): "
-        "fastest: time PyTorch and each exported file on this CPU and keep the fastest that passed parity "
-        "(PyTorch when none is faster); fp32: onnx/model.onnx without timing."
+        "fastest: time PyTorch (fp32, bf16) and each exported file on this CPU and keep the fastest that "
+        "passed parity (PyTorch fp32 when none is faster); fp32: onnx/model.onnx without timing."
     )
     speed_passages: int = Field(200, ge=1, description="Parity passages encoded to time each candidate "
                                 "(export.select=fastest).")
     speed_repeats: int = Field(3, ge=1, description="Timed encodes per candidate, interleaved; the median counts.")
+    bf16: bool = Field(True, description="Also time the PyTorch model in bfloat16 as a candidate (judged by "
+                       "retrieval, like int8) where the CPU has avx512_bf16 or AMX bf16; skipped elsewhere.")
+    openvino: bool = Field(True, description="Also export OpenVINO IR (fp32, and static int8 when export.int8) as "
+                           "candidates when the optional packages of requirements-openvino.txt are installed; "
+                           "skipped, with the reason recorded, when they are not.")
 
 
 class PublishConfig(_Section):

@@ -9,25 +9,35 @@ Outputs in ``<run>/stages/export/``:
 
       SentenceTransformer(path, backend="onnx", model_kwargs={"file_name": "onnx/model.onnx"})
 
-- ``onnx/serving.json``: what ``trainer.serve`` loads by default and why: the fastest of PyTorch and the
-  exported files that passed parity, timed on this CPU (``export.select``). When PyTorch was fastest it
-  says so (``"backend": "pytorch"``) and the server runs the trained PyTorch model instead of ONNX.
-- ``parity.json``: what was compared and the numbers (also in the manifest's counts, with ``serving``).
+- ``onnx/openvino/``: OpenVINO IR (``openvino_model.xml`` fp32, ``openvino_model_qint8_static.xml`` int8
+  calibrated on 100 passages of the parity source) when the optional packages of requirements-openvino.txt
+  are installed (``export.openvino``); without them the stage records why it skipped them.
+- ``onnx/serving.json``: what ``trainer.serve`` loads by default and why: the fastest of the candidates
+  that passed parity, timed on this CPU (``export.select``): PyTorch fp32 (the reference), PyTorch bf16
+  (``export.bf16``, where the CPU has avx512_bf16 or AMX bf16), the ONNX files, the OpenVINO files. It
+  names the backend (``pytorch``, ``onnx``, ``openvino``), the dtype, the file, the sentences/s of every
+  candidate, the skipped ones with the reason, and the CPU (name and flags). When PyTorch is chosen the
+  server runs the trained PyTorch model (in bf16 when that won).
+- ``parity.json``: what was compared and the numbers (also in the manifest's counts, with ``serving`` and
+  ``candidates``: one row per candidate, measured or skipped).
 
 Checks (``export.on_parity_failure``: fail the stage, or record and warn):
 
 1. fp32: the lowest cosine between ONNX and PyTorch embeddings of ``export.parity_passages`` real
    passages (SciFact's corpus when present, else the run's chunks) is at least ``export.min_cosine``,
    at the full size and at each ``train.matryoshka_dims`` prefix (what the server's ``dimensions`` give).
-2. int8: no int8 file reaches 0.999 cosine (dynamic quantization moves every vector a little), so it
-   is judged by retrieval instead: nDCG@10 on a BEIR task within ``export.max_ndcg_drop`` points of
-   PyTorch's. Its cosine is recorded too, for information.
+   OpenVINO fp32 is held to the same bar.
+2. lossy candidates (int8, PyTorch bf16, OpenVINO int8): no int8 file reaches 0.999 cosine (quantization
+   moves every vector a little), so they are judged by retrieval instead: nDCG@10 on a BEIR task within
+   ``export.max_ndcg_drop`` points of PyTorch's. Their cosine is recorded too, for information.
+   A failed ONNX check stops the stage (or warns); a failed optional candidate (bf16, OpenVINO) is only
+   made ineligible.
 
-3. speed (``export.select=fastest``): PyTorch and each exported file encode the first
+3. speed (``export.select=fastest``): PyTorch and each candidate encode the first
    ``export.speed_passages`` parity passages ``export.speed_repeats`` times, interleaved; the median gives
-   sentences/s. The fastest that passed 1./2. is served; a file merely as fast as PyTorch does not replace it.
-   An int8 file whose retrieval check was skipped is not eligible (it was never judged). PyTorch bf16,
-   static int8 and OpenVINO are measured by ``benchmarks/export_bench.py`` only (see BENCHMARKS.md).
+   sentences/s. The fastest that passed 1./2. is served; a candidate merely as fast as PyTorch fp32 does not
+   replace it. A lossy candidate whose retrieval check was skipped is not eligible (it was never judged).
+   ONNX static int8 and the O1-O3 levels are measured by ``benchmarks/export_bench.py`` only (BENCHMARKS.md).
 
 Finished exports are kept in ``_work/`` so a crash in the (slow) checks does not export again.
 
@@ -73,6 +83,14 @@ FP32_FILE = "onnx/model.onnx"
 INT8_CONFIGS = ("avx512_vnni", "avx512", "avx2", "arm64")
 SERVING_FILE = "serving.json"  # in the exported folder: what the export stage chose to serve on this CPU
 PYTORCH = "pytorch"
+PYTORCH_BF16 = "pytorch:bfloat16"  # what serve's file choice says for the PyTorch model run in bf16
+OPENVINO_FILE = "openvino/openvino_model.xml"
+OPENVINO_INT8_FILE = "openvino/openvino_model_qint8_static.xml"
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # where torch has native bf16 kernels (else it emulates, slowly)
+CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
+                         "amx_bf16")
+LOSSY = ("bf16", "int8", "openvino_int8")  # judged by retrieval (nDCG@10), not by cosine
+CALIBRATION_PASSAGES = 100  # static int8 (OpenVINO): passages of the parity source, apart from the parity ones
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -98,6 +116,33 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def cpu_features() -> list[str]:
+    """The flags that decide which candidate is fast here (VNNI for int8, bf16/AMX), in a fixed order."""
+    flags = cpu_flags()
+    return [f for f in CPU_FLAGS_OF_INTEREST if f in flags]
+
+
+def bf16_unavailable() -> str | None:
+    """Why PyTorch bf16 is not a candidate on this CPU, or None when it is (avx512_bf16 or AMX bf16)."""
+    if cpu_flags() & set(BF16_FLAGS):
+        return None
+    return f"this CPU has neither {' nor '.join(BF16_FLAGS)} (torch would emulate bf16, slower than fp32)"
+
+
+def openvino_unavailable(*, int8: bool = False) -> str | None:
+    """Why the OpenVINO candidates cannot run here (an optional backend), or None when they can.
+    ``int8`` also needs nncf (static quantization)."""
+    try:
+        import openvino  # noqa: F401
+        from optimum.intel.openvino import OVModelForFeatureExtraction  # noqa: F401
+        if int8:
+            import nncf  # noqa: F401
+    except ImportError as exc:
+        return (f"optional backend not installed ({type(exc).__name__}: {str(exc)[:120]}); "
+                "`pip install -r requirements-openvino.txt` adds it")
+    return None
 
 
 def pick_int8_config(setting: str = "auto") -> str:
@@ -139,16 +184,24 @@ def _quiet_backend() -> Iterator[None]:
 class Candidate:
     """One way to serve the model, as measured on this CPU."""
 
-    name: str  # PYTORCH, "fp32", "optimized", "int8"
-    file: str | None  # its ONNX file in the exported folder; None for PyTorch
+    name: str  # PYTORCH, "bf16", "fp32", "optimized", "int8", "openvino", "openvino_int8"
+    file: str | None  # its file in the exported folder; None for PyTorch (fp32 or bf16)
     sentences_per_s: float
     passed: bool = True  # its parity check (PyTorch is the reference: always True)
     note: str = ""  # why it failed, when it did
 
 
-def choose_backend(candidates: Sequence[Candidate]) -> tuple[Candidate, str]:
+def backend_of(name: str) -> tuple[str, str]:
+    """(backend, dtype) of a candidate name: "bf16" -> ("pytorch", "bfloat16"), "int8" -> ("onnx", "int8")."""
+    if name in (PYTORCH, "bf16"):
+        return PYTORCH, "bfloat16" if name == "bf16" else "float32"
+    return ("openvino" if name.startswith("openvino") else "onnx"), ("int8" if name in LOSSY else "float32")
+
+
+def choose_backend(candidates: Sequence[Candidate], skipped: dict[str, str] | None = None) -> tuple[Candidate, str]:
     """The fastest candidate that passed parity, and why. Only a candidate strictly faster than PyTorch beats
-    it, so PyTorch is the answer when no exported file is faster on this CPU."""
+    it, so PyTorch is the answer when nothing else is faster on this CPU. ``skipped``: candidates not run
+    here (name -> why), named in the answer."""
     best = next((c for c in candidates if c.name == PYTORCH), None)
     if best is None:
         raise ValueError("choose_backend needs the PyTorch reference among the candidates")
@@ -161,9 +214,11 @@ def choose_backend(candidates: Sequence[Candidate]) -> tuple[Candidate, str]:
     why = (f"{best.name} ({best.file})" if best.file else best.name)
     why += (f": fastest that passed parity, {best.sentences_per_s:.1f} sentences/s = "
             f"{best.sentences_per_s / max(torch_sps, 1e-9):.2f}x PyTorch" if best.name != PYTORCH else
-            f": no exported file passing parity was faster than PyTorch's {torch_sps:.1f} sentences/s")
+            f": no candidate passing parity was faster than PyTorch's {torch_sps:.1f} sentences/s")
     if failed:
         why += "; not eligible: " + ", ".join(failed)
+    if skipped:
+        why += "; not run: " + ", ".join(f"{name} ({reason})" for name, reason in skipped.items())
     return best, why
 
 
@@ -238,6 +293,70 @@ def export_onnx(
     return files
 
 
+def load_bf16(model_dir: str | Path, **kwargs: Any):
+    """The PyTorch model with bfloat16 weights and activations (torch's own CPU kernels)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir), device="cpu", model_kwargs={"dtype": torch.bfloat16}, **kwargs)
+
+
+def load_openvino(folder: str | Path, file_name: str = OPENVINO_FILE, **kwargs: Any):
+    """A SentenceTransformer running ``file_name`` (an OpenVINO IR .xml) of an exported folder; needs the
+    optional packages of requirements-openvino.txt."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = Path(folder)
+    if not (folder / file_name).is_file():
+        raise InputError(f"{folder / file_name} not found; run the export stage with optimum-intel and openvino "
+                         "installed (requirements-openvino.txt), or serve an ONNX file")
+    missing = openvino_unavailable()
+    if missing:
+        raise InputError(f"{folder / file_name} needs OpenVINO: {missing}")
+    with _quiet_backend():
+        return SentenceTransformer(str(folder), backend="openvino", device="cpu",
+                                   model_kwargs={"file_name": file_name}, **kwargs)
+
+
+def export_openvino(model_dir: str | Path, out_dir: str | Path, *, calibration: Sequence[str] = ()) -> dict[str, str]:
+    """Export to OpenVINO IR under ``out_dir/openvino/`` (written whole or not at all): fp32, and static int8
+    (NNCF post-training quantization, calibrated on ``calibration`` passages) when any are given.
+
+    Returns the files written, relative to ``out_dir``: ``{"openvino": ..., "openvino_int8": ...}``.
+    """
+    import tempfile
+
+    from sentence_transformers import SentenceTransformer
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir / "openvino") as tmp, _quiet_backend(), \
+            tempfile.TemporaryDirectory(dir=out_dir.parent) as scratch:
+        model = SentenceTransformer(str(model_dir), backend="openvino", device="cpu")
+        model.save_pretrained(scratch)  # a whole sentence-transformers folder: keep only its openvino/ files
+        for f in Path(scratch, "openvino").iterdir():
+            shutil.move(str(f), tmp / f.name)
+        files = {"openvino": OPENVINO_FILE}
+        if calibration:
+            import datasets
+            from optimum.intel.openvino import OVConfig, OVQuantizationConfig, OVQuantizer
+
+            enc = model.tokenizer(list(calibration), padding="max_length", truncation=True,
+                                  max_length=model.max_seq_length)
+            dataset = datasets.Dataset.from_dict({k: list(v) for k, v in enc.items()})
+            quantizer = OVQuantizer.from_pretrained(model[0].auto_model)
+            qdir = Path(scratch) / "int8"
+            quantizer.quantize(dataset, save_directory=qdir,
+                               ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=len(dataset))))
+            # sentence-transformers' wrapper saves into an openvino/ sub-folder
+            xml = next(x for x in (qdir / "openvino" / "openvino_model.xml", qdir / "openvino_model.xml")
+                       if x.is_file())
+            target = tmp / Path(OPENVINO_INT8_FILE).name
+            shutil.move(str(xml), target)
+            shutil.move(str(xml.with_suffix(".bin")), target.with_suffix(".bin"))
+            files["openvino_int8"] = OPENVINO_INT8_FILE
+    return files
+
+
 # ---------------------------------------------------------------------------------------------------
 # Parity data
 
@@ -269,6 +388,21 @@ def _parity_source(cfg: Config) -> Path | None:
 def parity_passages(cfg: Config, chunks: Path | None, n: int) -> tuple[list[str], str]:
     """``n`` real passages (seeded sample) and where they came from: ``export.parity_corpus``, the domain's
     parity corpus, else the run's ingest ``chunks``."""
+    texts, label = _source_passages(cfg, chunks)
+    if len(texts) > n:
+        texts = random.Random(cfg.run.seed).sample(texts, n)
+    return texts, label
+
+
+def calibration_passages(cfg: Config, chunks: Path | None, n: int, exclude: Sequence[str]) -> list[str]:
+    """Up to ``n`` passages of the parity source that are not in ``exclude`` (the parity ones): static int8's
+    calibration sample, kept apart from the passages its cosine is measured on."""
+    skip = set(exclude)
+    texts = [t for t in _source_passages(cfg, chunks)[0] if t not in skip]
+    return random.Random(cfg.run.seed + 1).sample(texts, min(n, len(texts)))
+
+
+def _source_passages(cfg: Config, chunks: Path | None) -> tuple[list[str], str]:
     source = _parity_source(cfg)
     if source is not None:
         file = source / "corpus.jsonl" if source.is_dir() else source
@@ -291,8 +425,6 @@ def parity_passages(cfg: Config, chunks: Path | None, n: int) -> tuple[list[str]
     texts = [t for t in texts if t]
     if not texts:
         raise InputError(f"no non-empty passages in {label} for the ONNX parity check")
-    if len(texts) > n:
-        texts = random.Random(cfg.run.seed).sample(texts, n)
     return texts, label
 
 
@@ -379,32 +511,43 @@ def run(ctx: StageContext) -> dict[str, Any]:
     model_dir = _model_dir(ctx)
     int8_config = pick_int8_config(e.int8_config) if e.int8 else None
     optimize = None if e.optimize == "none" else e.optimize
+    chunks = ctx.input("ingest", "chunks")
+    passages, source = parity_passages(cfg, chunks, e.parity_passages)
 
     # 1. export (kept in _work so a crash in the checks does not export again)
     work = ctx.work
     staged = work / "onnx"
     files_json = work / "files.json"
     if ctx.resumed and files_json.is_file() and staged.is_dir():
-        files = json.loads(files_json.read_text())
-        ctx.log.info("export: reusing the ONNX export of the interrupted run")
+        saved = json.loads(files_json.read_text())
+        files, skipped = (saved["files"], saved["skipped"]) if "files" in saved else (saved, {})
+        ctx.log.info("export: reusing the export of the interrupted run")
     else:
         ctx.report("export: exporting to ONNX", 0.0)
         started = time.time()
         files = export_onnx(model_dir, staged, int8_config=int8_config, optimize=optimize)
-        write_json_atomic(files_json, files)
+        skipped = {}
+        files.update(_export_openvino(ctx, model_dir, staged, chunks, passages, skipped))
+        write_json_atomic(files_json, {"files": files, "skipped": skipped})
         ctx.log.info("export: wrote %s in %.0f s", ", ".join(files.values()), time.time() - started)
+    if not e.bf16:
+        skipped["bf16"] = "export.bf16 is false"
+    elif (why_not := bf16_unavailable()) is not None:
+        skipped["bf16"] = why_not
 
     counts: dict[str, Any] = {"exported": True, "files": files, "int8_config": int8_config,
-                              "cpu": cpu_name(),
+                              "cpu": cpu_name(), "cpu_flags": cpu_features(),
                               "cpu_avx512_vnni": "avx512_vnni" in cpu_flags()}
     warnings: list[str] = []
 
-    # 2. fp32 parity (and int8 / optimized cosine, for information) on real passages
+    # 2. fp32 parity (and the lossy candidates' cosine, for information) on real passages
     ctx.report("export: parity check", 0.2)
-    passages, source = parity_passages(cfg, ctx.input("ingest", "chunks"), e.parity_passages)
     torch_model = SentenceTransformer(str(model_dir), device="cpu")
-    # The bar counts passages encoded: once with PyTorch, once with each exported file.
-    parity_total = len(passages) * (1 + len(files))
+    to_check = [(kind, file) for kind, file in files.items()]
+    if "bf16" not in skipped:
+        to_check.insert(0, ("bf16", None))
+    # The bar counts passages encoded: once with PyTorch, once with each candidate.
+    parity_total = len(passages) * (1 + len(to_check))
 
     def parity(offset: int, kind: str):
         return lambda n: ctx.advance(offset + n, parity_total, unit="passages", label="parity",
@@ -412,20 +555,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     reference = encode(torch_model, passages, batch_size=e.batch_size, on_done=parity(0, "PyTorch"))
     counts.update(parity_passages=len(passages), parity_source=source)
-    onnx_models = {}
-    passed: dict[str, tuple[bool, str]] = {}  # kind -> (parity passed, why not)
+    models: dict[str, Any] = {}  # every candidate but PyTorch fp32: name -> model
+    passed: dict[str, tuple[bool, str]] = {}  # name -> (parity passed, why not)
     full_dim = reference.shape[1]
     dims = sorted({d for d in cfg.train.matryoshka_dims if 0 < d < full_dim}, reverse=True)
-    for i, (kind, file) in enumerate(files.items(), 1):
-        onnx_models[kind] = load_onnx(staged, file)
-        got = encode(onnx_models[kind], passages, batch_size=e.batch_size,
-                     on_done=parity(i * len(passages), f"ONNX {kind}"))
+    for i, (kind, file) in enumerate(to_check, 1):
+        models[kind] = (load_bf16(model_dir) if kind == "bf16" else
+                        load_openvino(staged, file) if kind.startswith("openvino") else load_onnx(staged, file))
+        got = encode(models[kind], passages, batch_size=e.batch_size,
+                     on_done=parity(i * len(passages), kind))
         cos = cosines(reference, got)
         counts[f"{kind}_min_cosine"] = round(float(cos.min()), 6)
         counts[f"{kind}_mean_cosine"] = round(float(cos.mean()), 6)
         ctx.log.info("export: %s vs PyTorch on %d passages: min cosine %.6f, mean %.6f", kind, len(passages),
                      cos.min(), cos.mean())
-        if kind not in ("fp32", "optimized"):
+        if kind in LOSSY:
             continue
         # Matryoshka: the server's `dimensions` serve prefixes of the vector; each trained size must match too
         by_dim = {full_dim: cos, **{d: cosines(reference[:, :d], got[:, :d]) for d in dims}}
@@ -434,51 +578,30 @@ def run(ctx: StageContext) -> dict[str, Any]:
         dim, worst_cos = min(by_dim.items(), key=lambda item: float(item[1].min()))
         worst = int(np.argmin(worst_cos))
         at = f" at {dim} dimensions" if dim != full_dim else ""
-        ok = _check(bool(worst_cos.min() >= e.min_cosine),
-               f"ONNX {kind} ({file}) does not reproduce PyTorch: min cosine {worst_cos.min():.6f}{at} < "
-               f"export.min_cosine {e.min_cosine} over {len(passages)} passages from {source} (worst: "
-               f"{passages[worst][:80]!r}). Check that onnx, onnxruntime and optimum match requirements.txt.",
-               ctx, warnings)
+        message = (f"{'OpenVINO' if kind == 'openvino' else 'ONNX'} {kind} ({file}) does not reproduce PyTorch: "
+                   f"min cosine {worst_cos.min():.6f}{at} < export.min_cosine {e.min_cosine} over {len(passages)} "
+                   f"passages from {source} (worst: {passages[worst][:80]!r}).")
+        ok = bool(worst_cos.min() >= e.min_cosine)
+        if kind == "openvino":  # an optional candidate: a miss only makes it ineligible
+            if not ok:
+                ctx.log.warning("export: %s Not served.", message)
+        else:
+            ok = _check(ok, message + " Check that onnx, onnxruntime and optimum match requirements.txt.",
+                        ctx, warnings)
         passed[kind] = (ok, "" if ok else f"min cosine {worst_cos.min():.6f} < {e.min_cosine}")
 
-    # 3. int8 retrieval quality vs PyTorch
-    if "int8" in files:
-        folder, split, why = _retrieval_folder(cfg, ctx.input("mine", "test_beir"))
-        if folder is None:
-            ctx.log.warning("export: int8 retrieval check skipped: %s", why)
-            counts["retrieval_check"] = f"skipped: {why}"
-            passed["int8"] = (False, "retrieval check skipped, so not judged")
-        else:
-            ctx.report(f"export: int8 retrieval check on {folder.name}", 0.6)
-            task = load_retrieval_task(folder, split, max_queries=e.retrieval_max_queries,
-                                       max_corpus=e.retrieval_max_corpus, seed=cfg.run.seed)
-            prompts = {"batch_size": e.batch_size, "query_prompt": cfg.model.query_prompt,
-                       "passage_prompt": cfg.model.passage_prompt}
-            check = {"unit": "models", "label": "int8 retrieval check", "message": f"nDCG@10 on {folder.name}"}
-            ctx.advance(0, 2, **check)
-            torch_ndcg = retrieval_ndcg(torch_model, task, **prompts)
-            ctx.advance(1, 2, **check)
-            int8_ndcg = retrieval_ndcg(onnx_models["int8"], task, **prompts)
-            ctx.advance(2, 2, **check)
-            drop = round((torch_ndcg - int8_ndcg) * 100, 3)
-            counts.update(retrieval_check=f"{folder} ({why})", retrieval_split=split,
-                          retrieval_queries=len(task.queries), retrieval_corpus=len(task.corpus),
-                          **{"torch_ndcg@10": round(torch_ndcg, 5), "int8_ndcg@10": round(int8_ndcg, 5)},
-                          int8_ndcg_drop_points=drop)
-            ctx.log.info("export: nDCG@10 on %s (%d queries, %d docs): PyTorch %.4f, int8 %.4f (drop %.2f points)",
-                         folder.name, len(task.queries), len(task.corpus), torch_ndcg, int8_ndcg, drop)
-            ok = _check(drop <= e.max_ndcg_drop,
-                   f"int8 ({files['int8']}) loses {drop:.2f} nDCG@10 points vs PyTorch on {folder.name} (more than "
-                   f"export.max_ndcg_drop={e.max_ndcg_drop}). Try another export.int8_config or set export.int8=false.",
-                   ctx, warnings)
-            passed["int8"] = (ok, "" if ok else f"nDCG@10 drop {drop:.2f} > {e.max_ndcg_drop} points")
+    # 3. the lossy candidates (bf16, int8): retrieval quality vs PyTorch
+    lossy = [k for k in models if k in LOSSY]
+    if lossy:
+        _retrieval_check(ctx, torch_model, models, lossy, files, counts, passed, warnings)
 
     counts["parity_ok"] = not warnings
     counts["warnings"] = warnings
 
     # 4. what to serve: the fastest candidate that passed parity, timed on this CPU
-    serving = _choose(ctx, torch_model, onnx_models, files, passed, passages, model_dir)
+    serving = _choose(ctx, torch_model, models, files, passed, skipped, passages, model_dir)
     counts["serving"] = {k: v for k, v in serving.items() if k != "pytorch_model"}
+    counts["candidates"] = _candidate_table(serving, passed, skipped)
 
     # 5. publish the outputs
     write_json_atomic(staged / SERVING_FILE, serving)
@@ -492,29 +615,116 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return counts
 
 
-def _choose(ctx: StageContext, torch_model: Any, onnx_models: dict[str, Any], files: dict[str, str],
-            passed: dict[str, tuple[bool, str]], passages: list[str], model_dir: Path) -> dict[str, Any]:
+def _export_openvino(ctx: StageContext, model_dir: Path, staged: Path, chunks: Path | None, passages: list[str],
+                     skipped: dict[str, str]) -> dict[str, str]:
+    """The OpenVINO files when the optional backend is installed (else the reasons go to ``skipped``)."""
+    e = ctx.cfg.export
+    if not e.openvino:
+        skipped["openvino"] = skipped["openvino_int8"] = "export.openvino is false"
+        return {}
+    missing = openvino_unavailable()
+    if missing:
+        ctx.log.info("export: OpenVINO candidates skipped: %s", missing)
+        skipped["openvino"] = skipped["openvino_int8"] = missing
+        return {}
+    calibration: list[str] = []
+    if not e.int8:
+        skipped["openvino_int8"] = "export.int8 is false"
+    elif (missing := openvino_unavailable(int8=True)) is not None:
+        skipped["openvino_int8"] = missing
+    else:
+        calibration = calibration_passages(ctx.cfg, chunks, CALIBRATION_PASSAGES, passages)
+    try:
+        return export_openvino(model_dir, staged, calibration=calibration)
+    except Exception as exc:  # noqa: BLE001 -- an optional backend: the ONNX candidates still run
+        why = f"OpenVINO export failed ({type(exc).__name__}: {str(exc)[:160]})"
+        ctx.log.warning("export: %s; its candidates are skipped", why)
+        skipped["openvino"] = why
+        skipped.setdefault("openvino_int8", why)
+        return {}
+
+
+def _retrieval_check(ctx: StageContext, torch_model: Any, models: dict[str, Any], lossy: list[str],
+                     files: dict[str, str], counts: dict[str, Any], passed: dict[str, tuple[bool, str]],
+                     warnings: list[str]) -> None:
+    """nDCG@10 of each lossy candidate vs PyTorch fp32 (export.max_ndcg_drop points at most)."""
+    cfg, e = ctx.cfg, ctx.cfg.export
+    folder, split, why = _retrieval_folder(cfg, ctx.input("mine", "test_beir"))
+    if folder is None:
+        ctx.log.warning("export: retrieval check of %s skipped: %s", ", ".join(lossy), why)
+        counts["retrieval_check"] = f"skipped: {why}"
+        passed.update({k: (False, "retrieval check skipped, so not judged") for k in lossy})
+        return
+    ctx.report(f"export: {', '.join(lossy)} retrieval check on {folder.name}", 0.6)
+    task = load_retrieval_task(folder, split, max_queries=e.retrieval_max_queries,
+                               max_corpus=e.retrieval_max_corpus, seed=cfg.run.seed)
+    prompts = {"batch_size": e.batch_size, "query_prompt": cfg.model.query_prompt,
+               "passage_prompt": cfg.model.passage_prompt}
+    check = {"unit": "models", "label": "retrieval check", "message": f"nDCG@10 on {folder.name}"}
+    ctx.advance(0, 1 + len(lossy), **check)
+    torch_ndcg = retrieval_ndcg(torch_model, task, **prompts)
+    ctx.advance(1, 1 + len(lossy), **check)
+    counts.update(retrieval_check=f"{folder} ({why})", retrieval_split=split,
+                  retrieval_queries=len(task.queries), retrieval_corpus=len(task.corpus),
+                  **{"torch_ndcg@10": round(torch_ndcg, 5)})
+    for kind in lossy:
+        ndcg = retrieval_ndcg(models[kind], task, **prompts)
+        ctx.advance(2 + lossy.index(kind), 1 + len(lossy), **check)
+        drop = round((torch_ndcg - ndcg) * 100, 3)
+        counts.update({f"{kind}_ndcg@10": round(ndcg, 5), f"{kind}_ndcg_drop_points": drop})
+        ctx.log.info("export: nDCG@10 on %s (%d queries, %d docs): PyTorch %.4f, %s %.4f (drop %.2f points)",
+                     folder.name, len(task.queries), len(task.corpus), torch_ndcg, kind, ndcg, drop)
+        ok = drop <= e.max_ndcg_drop
+        message = (f"{kind} ({files.get(kind) or 'PyTorch bfloat16'}) loses {drop:.2f} nDCG@10 points vs PyTorch on "
+                   f"{folder.name} (more than export.max_ndcg_drop={e.max_ndcg_drop}).")
+        if kind == "int8":  # the exported int8 file: its check may stop the stage
+            ok = _check(ok, message + " Try another export.int8_config or set export.int8=false.", ctx, warnings)
+        elif not ok:  # bf16, OpenVINO int8: optional candidates, only made ineligible
+            ctx.log.warning("export: %s Not served.", message)
+        passed[kind] = (ok, "" if ok else f"nDCG@10 drop {drop:.2f} > {e.max_ndcg_drop} points")
+
+
+def _choose(ctx: StageContext, torch_model: Any, models: dict[str, Any], files: dict[str, str],
+            passed: dict[str, tuple[bool, str]], skipped: dict[str, str], passages: list[str],
+            model_dir: Path) -> dict[str, Any]:
     """What ``serve`` loads by default (written to the exported folder's serving.json): with export.select
     'fastest', each candidate timed on the first export.speed_passages parity passages; else fp32."""
     e = ctx.cfg.export
-    info: dict[str, Any] = {"select": e.select, "cpu": cpu_name(), "pytorch_model": str(model_dir)}
+    info: dict[str, Any] = {"select": e.select, "cpu": cpu_name(), "cpu_flags": cpu_features(),
+                            "pytorch_model": str(model_dir)}
     if e.select == "fp32":
         ok = passed.get("fp32", (False, ""))[0]
-        return {**info, "backend": "onnx" if ok else PYTORCH, "file": FP32_FILE,
+        return {**info, "backend": "onnx" if ok else PYTORCH, "dtype": "float32", "file": FP32_FILE,
                 "why": "export.select is 'fp32'" + ("" if ok else "; fp32 failed parity, so PyTorch")}
     ctx.report("export: timing the candidates on this CPU", 0.8)
     sample_ = passages[: e.speed_passages]
-    speeds = time_encodes({PYTORCH: torch_model, **onnx_models}, sample_, repeats=e.speed_repeats,
+    speeds = time_encodes({PYTORCH: torch_model, **models}, sample_, repeats=e.speed_repeats,
                           batch_size=e.batch_size,
                           on_done=lambda n, total: ctx.advance(n, total, unit="encodes", label="timing",
                                                                message="timing the candidates"))
     candidates = [Candidate(PYTORCH, None, speeds[PYTORCH])] + [
-        Candidate(kind, files[kind], speeds[kind], *passed.get(kind, (False, "not checked"))) for kind in onnx_models]
-    best, why = choose_backend(candidates)
-    ctx.log.info("export: serving %s on %s (%s)", best.file or "PyTorch", info["cpu"], why)
-    return {**info, "backend": "onnx" if best.file else PYTORCH, "file": best.file or FP32_FILE, "why": why,
+        Candidate(kind, files.get(kind), speeds[kind], *passed.get(kind, (False, "not checked"))) for kind in models]
+    best, why = choose_backend(candidates, skipped)
+    backend, dtype = backend_of(best.name)
+    ctx.log.info("export: serving %s on %s (%s)", best.file or f"PyTorch {dtype}", info["cpu"], why)
+    return {**info, "backend": backend, "dtype": dtype, "file": best.file or FP32_FILE, "why": why,
             "sentences_per_s": {c.name: round(c.sentences_per_s, 1) for c in candidates},
-            "speed_passages": len(sample_), "speed_repeats": e.speed_repeats}
+            "skipped": dict(skipped), "speed_passages": len(sample_), "speed_repeats": e.speed_repeats}
+
+
+def _candidate_table(serving: dict[str, Any], passed: dict[str, tuple[bool, str]],
+                     skipped: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per candidate for the manifest: measured speed, parity, or why it was not run."""
+    rows = []
+    speeds = serving.get("sentences_per_s") or {}
+    for name in [PYTORCH, *passed, *skipped]:
+        if name in skipped and name not in passed:
+            rows.append({"name": name, "run": False, "why": skipped[name]})
+            continue
+        ok, note = passed.get(name, (True, ""))
+        rows.append({"name": name, "run": True, "sentences_per_s": speeds.get(name), "passed_parity": ok,
+                     **({"why": note} if note else {})})
+    return rows
 
 
 def _inputs(cfg: Config) -> dict[str, str]:
@@ -541,13 +751,16 @@ STAGE = Stage(
            Input("mine", "test_beir", optional=True)),
     may_write=("onnx", "parity.json"),  # nothing when export.onnx is false
     external=_inputs,
-    version="2",  # 2: serving.json, the fastest candidate on this CPU
-    help="Export the trained model to ONNX (fp32 + int8 for this CPU), check parity with PyTorch (cosine on real "
-    "passages for fp32, nDCG@10 on a retrieval task for int8) and pick the fastest passing one to serve.",
+    version="3",  # 2: serving.json, the fastest candidate on this CPU; 3: PyTorch bf16 and OpenVINO candidates
+    help="Export the trained model to ONNX (fp32 + int8 for this CPU; OpenVINO when installed), check parity with "
+    "PyTorch (cosine on real passages for fp32, nDCG@10 on a retrieval task for int8 and bf16) and pick the fastest "
+    "passing candidate to serve.",
 )
 
 __all__ = [
-    "FP32_FILE", "PYTORCH", "SERVING_FILE", "STAGE", "Candidate", "choose_backend", "cosines", "export_onnx",
-    "int8_file_name", "load_onnx", "load_retrieval_task", "parity_passages", "pick_int8_config", "retrieval_ndcg",
+    "FP32_FILE", "OPENVINO_FILE", "OPENVINO_INT8_FILE", "PYTORCH", "PYTORCH_BF16", "SERVING_FILE", "STAGE",
+    "Candidate", "backend_of", "bf16_unavailable", "calibration_passages", "choose_backend", "cosines",
+    "cpu_features", "export_onnx", "export_openvino", "int8_file_name", "load_bf16", "load_onnx", "load_openvino",
+    "load_retrieval_task", "openvino_unavailable", "parity_passages", "pick_int8_config", "retrieval_ndcg",
     "time_encodes",
 ]

@@ -21,8 +21,9 @@ ONNX Runtime's arena after every run, and after a big request the freed heap (gc
 Unicode (a lone surrogate such as ``"\\ud800"``) get a 400.
 
 Served by default from what the export stage chose as fastest on its CPU (the folder's ``serving.json``:
-an ONNX file, or the PyTorch model when nothing exported beat it), else ``onnx/model.onnx``; ``int8=True``
-serves the int8 file for this CPU and ``file_name`` any file of the folder. Bound to
+an ONNX file, an OpenVINO file, or the PyTorch model, in bfloat16 when that won), else ``onnx/model.onnx``;
+``int8=True`` serves the ONNX int8 file for this CPU and ``file_name`` any file of the folder (``.onnx``,
+OpenVINO ``.xml``, or ``pytorch`` / ``pytorch:bfloat16``). Bound to
 127.0.0.1 unless told otherwise. Set ``api_key`` (``--api-key-env NAME`` on the command line) before
 binding anywhere else.
 
@@ -70,7 +71,17 @@ from starlette.exceptions import HTTPException
 
 from trainer._process import stop_group
 from trainer.errors import InputError, TrainerError, disk_error
-from trainer.export import PYTORCH, SERVING_FILE, cpu_name, load_onnx, pick_int8_config
+from trainer.export import (
+    PYTORCH,
+    PYTORCH_BF16,
+    SERVING_FILE,
+    cpu_name,
+    load_bf16,
+    load_onnx,
+    load_openvino,
+    openvino_unavailable,
+    pick_int8_config,
+)
 from trainer.files import free_port
 from trainer.llm_server import _die_with_parent
 from trainer.logs import get_logger
@@ -139,7 +150,8 @@ def pytorch_weights(folder: Path) -> Path | None:
 
 
 def _chosen_file(folder: Path) -> str | None:
-    """The export stage's choice for this folder (PYTORCH or an ONNX file), or None to serve fp32."""
+    """The export stage's choice for this folder (PYTORCH, PYTORCH_BF16, an ONNX or OpenVINO file), or None to
+    serve ONNX fp32."""
     choice, log = serving_choice(folder), get_logger()
     if not choice:
         return None
@@ -150,13 +162,19 @@ def _chosen_file(folder: Path) -> str | None:
                     "--file / --int8", measured_on, cpu_name())
     if choice.get("backend") == PYTORCH:
         if pytorch_weights(folder) is not None:
-            log.info("embeddings server: serving the PyTorch model, not ONNX: %s", why)
-            return PYTORCH
+            bf16 = choice.get("dtype") == "bfloat16"
+            log.info("embeddings server: serving the PyTorch model%s, not ONNX: %s", " in bfloat16" if bf16 else "",
+                     why)
+            return PYTORCH_BF16 if bf16 else PYTORCH
         log.warning("embeddings server: the export stage found PyTorch fastest on %s, but its weights are not "
                     "here (%s); serving %s, which may be slower (pass --file to choose another)",
                     measured_on, choice.get("pytorch_model"), FP32_FILE)
         return None
     file = choice.get("file")
+    if choice.get("backend") == "openvino" and (missing := openvino_unavailable()) is not None:
+        log.warning("embeddings server: the export stage chose OpenVINO (%s), but it is not installed here: %s; "
+                    "serving %s", file, missing, FP32_FILE)
+        return None
     if isinstance(file, str) and (folder / file).is_file():
         log.info("embeddings server: serving %s: %s", file, why)
         return file
@@ -168,6 +186,8 @@ def _chosen_file(folder: Path) -> str | None:
 def pick_onnx_file(folder: Path, *, int8: bool = False, file_name: str | None = None) -> str:
     """The file to serve: the one named, the int8 file for this CPU, else the export stage's choice
     (serving.json: an ONNX file, or PYTORCH when PyTorch was fastest), else onnx/model.onnx."""
+    if file_name in (PYTORCH, PYTORCH_BF16):
+        return file_name
     if file_name:
         if not (folder / file_name).is_file():
             raise InputError(f"{folder / file_name} not found")
@@ -202,7 +222,7 @@ class Embedder:
 
         self.folder, self.file_name, self.batch_size = folder, file_name, batch_size
         try:
-            self.model = _load_pytorch(folder) if file_name == PYTORCH else load_onnx(folder, file_name)
+            self.model = _load(folder, file_name)
         except (OSError, ValueError) as exc:  # a damaged config/tokenizer file, or the disk
             raise disk_error(exc) or _damaged(folder / file_name, exc) from None
         except Exception as exc:
@@ -233,14 +253,26 @@ class Embedder:
         return truncate(emb, dimensions, self.dim), tokens
 
 
-def _load_pytorch(folder: Path) -> Any:
+def _load(folder: Path, file_name: str) -> Any:
+    """The model behind ``file_name``: PYTORCH / PYTORCH_BF16, an OpenVINO .xml, else an ONNX file."""
+    if file_name.endswith(".xml"):
+        return load_openvino(folder, file_name)
+    if file_name not in (PYTORCH, PYTORCH_BF16):
+        return load_onnx(folder, file_name)
     from sentence_transformers import SentenceTransformer
 
     weights = pytorch_weights(folder)
     if weights is None:
         raise InputError(f"no PyTorch weights for {folder} (neither there nor where its {SERVING_FILE} says); "
                          "serve an ONNX file with --file onnx/model.onnx")
-    return SentenceTransformer(str(weights), device="cpu")
+    return load_bf16(weights) if file_name == PYTORCH_BF16 else SentenceTransformer(str(weights), device="cpu")
+
+
+def backend_and_precision(file_name: str) -> tuple[str, str]:
+    """What /health reports for a served file: ("onnx", "int8"), ("pytorch", "bfloat16"), ..."""
+    if file_name in (PYTORCH, PYTORCH_BF16):
+        return PYTORCH, "bfloat16" if file_name == PYTORCH_BF16 else "fp32"
+    return "openvino" if file_name.endswith(".xml") else "onnx", "int8" if "int8" in file_name else "fp32"
 
 
 class _ShrinkingSession:
@@ -476,7 +508,7 @@ def build_app(
     embedder = Embedder(folder, pick_onnx_file(folder, int8=int8, file_name=file_name), batch_size=batch_size)
     name = model_name or default_model_name(folder)
     created = int(time.time())
-    precision = "int8" if "int8" in embedder.file_name else "fp32"
+    backend, precision = backend_and_precision(embedder.file_name)
     app = FastAPI(title="domain-embed embeddings", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.embedder = embedder
     app.state.scheduler = scheduler = FairScheduler(embedder, batch_size)
@@ -574,7 +606,7 @@ def build_app(
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": name, "file": embedder.file_name, "precision": precision,
-                "backend": PYTORCH if embedder.file_name == PYTORCH else "onnx",
+                "backend": backend,
                 "dimensions": embedder.dim, "max_tokens": embedder.max_tokens, "normalized": embedder.normalized}
 
     log.info("embeddings server: %s (%s, %s, %d dimensions)", name, folder, embedder.file_name, embedder.dim)
@@ -671,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--int8", action="store_true", help="serve the int8 file for this CPU instead of the "
                         "export stage's choice (serving.json) or fp32")
-    parser.add_argument("--file", default=None, help="serve this ONNX file of the folder (e.g. onnx/model_O2.onnx)")
+    parser.add_argument("--file", default=None, help="serve this file of the folder (e.g. onnx/model_O2.onnx, "
+                        "openvino/openvino_model.xml), or 'pytorch' / 'pytorch:bfloat16' for the PyTorch model")
     parser.add_argument("--name", default=None, help="model id in responses (default: the run's name)")
     parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key clients "
                         "must send as 'Authorization: Bearer <key>'")
