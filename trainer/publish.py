@@ -10,7 +10,8 @@ Outputs in ``<run>/stages/publish/`` -- exactly the folders that are pushed, one
 
     queries/        dataset repo <owner>/<name>-queries: data/train-*.parquet + README.md (card)
     training_set/   dataset repo <owner>/<name>-training-set: data/train-*.parquet + README.md
-    model/          model repo <owner>/<name>: the sentence-transformers folder, onnx/*.onnx, README.md
+    model/          model repo <owner>/<name>: the sentence-transformers folder, onnx/*.onnx (and openvino/*.xml
+                    when exported), README.md
     submission/     MTEB leaderboard files (results/<org__name>/<revision>/..., SUBMIT.md)
     PUSH.md         the commands that push these folders by hand (`hf upload ...`)
     pushed.json     what was pushed: repo id, commit, files, whether a commit was made
@@ -272,15 +273,17 @@ def _model_folder(model_dir: Path, onnx_dir: Path | None, dest: Path, card_fn: C
         shutil.copy2(src, dest / rel)
     onnx_files = []
     if onnx_dir is not None and onnx_dir.is_dir():
-        for src in sorted(onnx_dir.rglob("*.onnx*")):
+        # OpenVINO IR (openvino/*.xml + .bin) when the export stage made it: it may be the one it serves
+        openvino = sorted((onnx_dir / "openvino").rglob("*")) if (onnx_dir / "openvino").is_dir() else []
+        for src in sorted(onnx_dir.rglob("*.onnx*")) + openvino:
             rel = src.relative_to(onnx_dir)
             if any(p.startswith(".") for p in rel.parts) or not src.is_file():
                 continue
             # the export stage writes a sentence-transformers folder with its ONNX files under onnx/
-            target = dest / rel if rel.parts[0] == "onnx" else dest / "onnx" / rel
+            target = dest / rel if rel.parts[0] in ("onnx", "openvino") else dest / "onnx" / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
-            if target.suffix == ".onnx":
+            if target.suffix in (".onnx", ".xml"):
                 onnx_files.append(str(target.relative_to(dest)))
     (dest / "README.md").write_text(str(card_fn(onnx_files)), encoding="utf-8")
     return onnx_files
