@@ -39,7 +39,8 @@ from trainer.config import QUERY_TYPES, Config, load_config
 from trainer.domain_ranking import domains_table, plot_domains
 from trainer.domains import DOMAINS, SUBCATEGORIES
 from trainer.errors import StageError, TrainerError
-from trainer.generators import PROVIDER_MODELS, choices, format_plan, generator_kind, generator_plan
+from trainer.generators import PROVIDER_MODELS, format_plan, generator_kind, generator_plan
+from trainer.generators import choices as generator_choices
 from trainer.jobs import Job, JobPool
 from trainer.logs import redact
 from trainer.paths import data_dir
@@ -155,8 +156,8 @@ def config_from(values: dict[str, Any], run_dir: str | Path, preset: str | None 
     return load_config(None, o + advanced)
 
 
-GEN_KINDS = [(c["label"], c["value"]) for c in choices()] + [("Your own endpoint URL (TGI / OpenAI-compatible)",
-                                                               "endpoint")]
+GEN_KINDS = [(c["label"], c["value"]) for c in generator_choices()] + [
+    ("Your own endpoint URL (TGI / OpenAI-compatible)", "endpoint")]
 
 
 def _generator_overrides(values: dict[str, Any]) -> list[str]:
@@ -570,7 +571,7 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             ingest_counts = gr.JSON(label="Ingest counts")
         with gr.Tab("3 Generate"):
             with gr.Group(elem_id="generator-section"):
-                gen = {c["value"]: c for c in choices()}
+                gen = {c["value"]: c for c in generator_choices()}
                 inputs["gen_kind"] = gr.Radio(GEN_KINDS, value=d.get("gen_kind", "embedded"), label="Generator",
                                               elem_id="gen-kind")
                 with gr.Row():

@@ -302,5 +302,6 @@ def test_release_memory_hands_freed_heap_back():
     freed = rss_mb()  # glibc keeps the holes between live blocks
     release_memory()
     trimmed = rss_mb()
-    assert held - freed < 40 and freed - trimmed > 60, (held, freed, trimmed)
+    # glibc may hand back the top of the heap by itself; most of it comes back only with malloc_trim
+    assert freed - trimmed > 60 and freed - trimmed > held - freed, (held, freed, trimmed)
     assert len(keep) == 2_000
