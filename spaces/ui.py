@@ -574,7 +574,8 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
                 gen = {c["value"]: c for c in generator_choices()}
                 inputs["gen_kind"] = gr.Radio(GEN_KINDS, value=d.get("gen_kind", "embedded"), label="Generator",
                                               elem_id="gen-kind")
-                with gr.Row():
+                kind0 = d.get("gen_kind", "embedded")
+                with gr.Row(visible=kind0 == "provider") as provider_row:
                     inputs["provider"] = gr.Dropdown(["auto", "together", "nebius", "fireworks-ai", "sambanova",
                                                       "novita", "hyperbolic", "cerebras", "groq"], value="auto",
                                                      allow_custom_value=True, label="Inference Provider "
@@ -582,7 +583,7 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
                     inputs["provider_model"] = gr.Dropdown(gen["provider"]["models"],
                                                            value=gen["provider"]["default_model"],
                                                            allow_custom_value=True, label="Provider model")
-                with gr.Row():
+                with gr.Row(visible=kind0 == "inference_endpoint") as endpoint_row:
                     inputs["ie_name"] = gr.Textbox("", label="Endpoint name (an existing one is resumed, "
                                                    "then paused; never deleted)", placeholder="my-query-writer")
                     inputs["ie_repository"] = gr.Dropdown(gen["inference_endpoint"]["models"],
@@ -591,12 +592,13 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
                     inputs["ie_instance"] = gr.Dropdown(gen["inference_endpoint"]["instances"],
                                                         value="aws/nvidia-l4/x1", label="vendor/instance/size")
                     inputs["ie_region"] = gr.Textbox("us-east-1", label="Region")
-                with gr.Row():
+                with gr.Row(visible=kind0 == "endpoint") as url_row:
                     inputs["endpoint"] = gr.Textbox("", label="Your endpoint URL (https)",
                                                     placeholder="https://xyz.endpoints.huggingface.cloud/v1")
                     inputs["endpoint_model"] = gr.Textbox("tgi", label="Endpoint model name")
                 inputs["generator"] = gr.Dropdown(gen["embedded"]["models"], value=d["generator"],
-                                                  label="Embedded generator (offline weights)")
+                                                  label="Embedded generator (offline weights)",
+                                                  visible=kind0 == "embedded")
                 gen_plan = gr.Markdown("", elem_id="generator-plan")
             inputs["questions_per_chunk"] = gr.Slider(1, 6, value=d["questions_per_chunk"], step=1,
                                                       label="Questions per chunk", elem_id="questions")
@@ -720,6 +722,11 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             basis = "" if exact else f" (assuming {chunks:,} chunks: run ingest for the exact number)"
             return f"**Before Run:** {text}{basis}"
 
+        def show_generator(kind: str) -> list[Any]:
+            return [gr.update(visible=kind == k) for k in ("provider", "inference_endpoint", "endpoint", "embedded")]
+
+        inputs["gen_kind"].change(show_generator, inputs["gen_kind"],
+                                  [provider_row, endpoint_row, url_row, inputs["generator"]])
         gen_fields = [inputs[k] for k in ("gen_kind", "provider", "provider_model", "ie_name", "ie_repository",
                                           "ie_instance", "ie_region", "endpoint", "endpoint_model", "generator",
                                           "questions_per_chunk", "sample_documents")]
@@ -780,6 +787,8 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             return (sess, sess, *updates, app.identity(sess, profile, on_space), "")
 
         demo.load(on_load, [store], [store, session, *settings, identity, shown]).then(
-            refresh, [session, shown], outputs).then(explain_preset, [preset, session, *settings], preset_note)
+            refresh, [session, shown], outputs).then(explain_preset, [preset, session, *settings], preset_note).then(
+            show_generator, inputs["gen_kind"], [provider_row, endpoint_row, url_row, inputs["generator"]]).then(
+            explain_generator, [session, *settings], gen_plan)
     demo.space_app = app  # type: ignore[attr-defined]  (tests and app.py reach the pool through it)
     return demo
