@@ -33,19 +33,24 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--to", default="publish")
+    ap.add_argument("--report-only", action="store_true", help="read a finished run again; run nothing")
     args = ap.parse_args()
 
     source = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("ingest.source=")), "default")
     label = source.replace(":", "-").replace("/", "-")
     run_dir = Path(args.run_dir or ROOT / "runs" / f"preset-{args.preset}-{label}")
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    out = ROOT / "benchmarks" / "results" / f"preset-{args.preset}-{label}.json"
     sets = [x for o in [*args.overrides, f"run.dir={run_dir}"] for x in ("--set", o)]
     cmd = [sys.executable, "-m", "trainer", "run", "--to", args.to, "--preset", args.preset, *sets]
-    print(" ".join(cmd), flush=True)
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT)
-    wall = time.time() - t0
+    if args.report_only:
+        returncode, wall = 0, json.loads(out.read_text())["wall_s"]
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        print(" ".join(cmd), flush=True)
+        t0 = time.time()
+        returncode = subprocess.run(cmd, cwd=ROOT).returncode
+        wall = time.time() - t0
 
     from trainer.config import load_config
 
@@ -62,13 +67,12 @@ def main() -> None:
         e = estimate(cfg, n_chunks=ingest.get("chunks"), n_documents=ingest.get("documents"))
         est = {"total_s": round(e.total_s, 1), "seconds": {k: round(v, 1) for k, v in e.seconds.items()}}
     report_path = output_path(run_dir, "evaluate", "report.json")
-    rows = json.loads(report_path.read_text()).get("rows", []) if report_path.is_file() else []
+    rows = json.loads(report_path.read_text()).get("tasks", []) if report_path.is_file() else []
     held_out = next((r for r in rows if r.get("kind") == "synthetic"), None)
-    result = {"preset": args.preset, "overrides": args.overrides, "returncode": proc.returncode,
+    result = {"preset": args.preset, "overrides": args.overrides, "returncode": returncode,
               "wall_s": round(wall, 1), "stage_s": stages, "estimate": est, "held_out": held_out,
               "cpu": platform.processor() or platform.machine(),
               "counts": {n: (rd.manifest(n) or {}).get("counts") for n in ("ingest", "generate", "mine", "train")}}
-    out = ROOT / "benchmarks" / "results" / f"preset-{args.preset}-{label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
@@ -82,7 +86,7 @@ def main() -> None:
         print(f"\nheld-out split nDCG@10: base {held_out['base']:.4f} -> tuned {held_out['tuned']:.4f} "
               f"({100 * (held_out['tuned'] - held_out['base']):+.2f} points, {held_out.get('n_queries')} queries)")
     print(f"written: {out}")
-    sys.exit(proc.returncode)
+    sys.exit(returncode)
 
 
 if __name__ == "__main__":
