@@ -34,14 +34,12 @@ import re
 import secrets
 from pathlib import Path
 
+from trainer.logs import HUB_TOKEN_ENVS
 from trainer.paths import REPO_ROOT
 
 ANON_PREFIX, USER_PREFIX = "anon-", "user-"
 _SESSION_RE = re.compile(r"^[0-9a-f]{32}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-
-
-TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
 @functools.cache
@@ -69,7 +67,7 @@ def share_space_token() -> bool:
 def job_token_env(user_token: str | None, token_vars: tuple[str, ...] = ()) -> dict[str, str | None] | None:
     """The extra environment of a visitor's job: the signed-in user's token in every token variable the job
     reads, or, for a visitor not signed in on a public Space, those variables removed (None)."""
-    names = tuple(dict.fromkeys((*TOKEN_VARS, *token_vars)))
+    names = tuple(dict.fromkeys((*HUB_TOKEN_ENVS, *token_vars)))
     if user_token is not None:
         return dict.fromkeys(names, user_token)
     return None if share_space_token() else dict.fromkeys(names)

@@ -16,6 +16,7 @@ from tests.conftest import REPO
 from trainer.errors import TrainerError
 from trainer.generators import PROVIDER_MODELS, generator_kind
 from trainer.jobs import job_environment
+from trainer.logs import HUB_TOKEN_ENVS
 
 SESSION_A, SESSION_B = "a" * 32, "b" * 32
 
@@ -85,9 +86,9 @@ def test_a_public_spaces_token_is_not_lent_to_visitors(monkeypatch):
     monkeypatch.setenv("DOMAIN_EMBED_SPACE_SHARE_TOKEN", "0")
     share_space_token.cache_clear()
     try:
-        assert job_token_env("hf_visitor") == {"HF_TOKEN": "hf_visitor", "HUGGING_FACE_HUB_TOKEN": "hf_visitor"}
+        assert job_token_env("hf_visitor") == dict.fromkeys(HUB_TOKEN_ENVS, "hf_visitor")
         env = job_environment(job_token_env(None, ("MY_TOKEN",)))
-        assert "HF_TOKEN" not in env and "HUGGING_FACE_HUB_TOKEN" not in env and "MY_TOKEN" not in env
+        assert not {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN", "MY_TOKEN"} & set(env)
         monkeypatch.setenv("DOMAIN_EMBED_SPACE_SHARE_TOKEN", "1")  # a duplicated private Space: its owner's
         share_space_token.cache_clear()
         assert job_environment(job_token_env(None))["HF_TOKEN"] == "hf_SpaceOwnersSecretToken0123456789"
