@@ -92,6 +92,27 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def score_also(cfg, run_dir: Path, specs: list[str]) -> dict[str, dict]:
+    """Base and tuned on further dev folders (``FOLDER:SPLIT``), the project's metrics, in points."""
+    from trainer.evaluate import compare_on_beir
+    from trainer.models import cache_dir as user_cache_dir
+    from trainer.retrieval import load_model
+
+    base, tuned = load_model(cfg.model.name), load_model(output_path(run_dir, "train", "model"))
+    out = {}
+    for spec in specs:
+        folder, _, split = spec.rpartition(":")
+        r = compare_on_beir(base, tuned, Path(folder), split=split or "dev",
+                            base_cache_dir=user_cache_dir() / "embeddings")
+        pts = {w: {m: round(100 * float(r[w][m]), 2) for m in METRICS} for w in ("base", "tuned")}
+        out[Path(folder).name] = {**pts, "n_queries": r["n_queries"],
+                                  "delta_ndcg_at_10_points": round(pts["tuned"]["ndcg_at_10"]
+                                                                   - pts["base"]["ndcg_at_10"], 2)}
+        print(f"{Path(folder).name}: {pts['base']['ndcg_at_10']} -> {pts['tuned']['ndcg_at_10']} "
+              f"({out[Path(folder).name]['delta_ndcg_at_10_points']:+.2f}, {r['n_queries']} queries)")
+    return out
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
@@ -105,6 +126,9 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--dev", metavar="SPLIT", default=None,
                     help="score on qrels/SPLIT.tsv with the project's metrics instead of mteb's test split")
+    ap.add_argument("--also", metavar="FOLDER:SPLIT", action="append", default=[],
+                    help="with --dev: score base and tuned on this BEIR folder's split too (a second dev set, e.g. "
+                         "benchmarks/dev_sets.py titles)")
     ap.add_argument("--label", default="default", help="name of this variant (dev results, run dir)")
     ap.add_argument("--reuse", metavar="RUN", default=None, help="copy ingest, generate and mine from this run dir")
     ap.add_argument("--no-append", action="store_true", help="do not append to BENCHMARKS.md")
@@ -163,6 +187,8 @@ def main() -> None:
     }
     if n_queries is not None:
         result["dev_queries"] = n_queries
+    if args.also:
+        result["also"] = score_also(cfg, run_dir, args.also)
     if args.dev:
         out = ROOT / "benchmarks" / "results" / "dev" / f"{name}-{args.label}.json"
     else:

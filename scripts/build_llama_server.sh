@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build llama.cpp's llama-server (continuous batching, --parallel slots) from the llama.cpp sources vendored in
-# the pinned llama-cpp-python sdist (PyPI), for benchmarks/generate_concurrency.py. About 25 minutes on 2 cores.
+# the pinned llama-cpp-python sdist (PyPI). The embedded generator uses it when found (trainer.llm_server.llama_server_binary:
+# batched requests, about 3x llama-cpp-python's server on 2 cores). About 25 minutes on 2 cores.
 #   bash scripts/build_llama_server.sh [OUT_DIR]   -> prints the binary's path
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ if [ ! -x "$OUT/build/bin/llama-server" ]; then
   tar xzf "$OUT/llama_cpp_python-$LLAMA.tar.gz" -C "$OUT"
   SRC="$OUT/llama_cpp_python-$LLAMA/vendor/llama.cpp"
   cmake -S "$SRC" -B "$OUT/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-    -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
+    -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
   cmake --build "$OUT/build" --target llama-server -j"$(nproc)" >/dev/null
 fi
 echo "$OUT/build/bin/llama-server"

@@ -35,7 +35,7 @@ from spaces.sessions import (
     storage_root,
 )
 from trainer.artifacts import artifacts, build, pushed_links
-from trainer.config import QUERY_TYPES, Config, load_config
+from trainer.config import QUERY_TYPE_CHOICES, QUERY_TYPES, Config, load_config
 from trainer.domain_ranking import domains_table, plot_domains
 from trainer.domains import DOMAINS, SUBCATEGORIES
 from trainer.errors import StageError, TrainerError
@@ -138,8 +138,8 @@ def config_from(values: dict[str, Any], run_dir: str | Path, preset: str | None 
          f"mine.margin={float(values['margin'])}", f"train.profile={values['profile']}",
          f"train.epochs={float(values['epochs'])}", f"train.lr={float(values['lr'])}",
          f"publish.private={bool(values['private'])}", f"export.onnx={bool(values['onnx'])}"]
-    types = [t for t in QUERY_TYPES if t in (values.get("query_types") or QUERY_TYPES)]
-    if types != list(QUERY_TYPES):  # all three: the recipe's rotation (the config default)
+    types = [t for t in QUERY_TYPE_CHOICES if t in (values.get("query_types") or QUERY_TYPES)]
+    if types != list(QUERY_TYPES):  # the recipe's three: its rotation (the config default)
         o.append(f"generate.query_types=[{', '.join(types)}]")
     if values.get("sample_documents"):
         o.append(f"generate.sample_documents={int(values['sample_documents'])}")
@@ -603,8 +603,9 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             inputs["questions_per_chunk"] = gr.Slider(1, 6, value=d["questions_per_chunk"], step=1,
                                                       label="Questions per chunk", elem_id="questions")
             inputs["query_types"] = gr.CheckboxGroup(
-                list(QUERY_TYPES), value=d.get("query_types", list(QUERY_TYPES)), label="Query types "
-                "(factual only: short claims/queries, as in claim-verification tasks such as SciFact)")
+                list(QUERY_TYPE_CHOICES), value=d.get("query_types", list(QUERY_TYPES)), label="Query types "
+                "(factual only: short claims/queries, as in claim-verification tasks such as SciFact; keyword: "
+                "3-6 word searches)")
             inputs["sample_documents"] = gr.Number(d["sample_documents"], precision=0,
                                                    label="Sample of documents (0: all; on CPU, 20–40 take minutes, "
                                                          "hundreds take hours)")

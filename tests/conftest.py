@@ -12,6 +12,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The embedded generator is llama-cpp-python's server in tests (as on a machine without a built llama-server);
+# tests/test_llm_server.py turns llama.cpp's own server on where one is built.
+os.environ.setdefault("DOMAIN_EMBED_LLAMA_SERVER", "off")
 
 from trainer.paths import data_dir
 

@@ -123,6 +123,26 @@ def test_plan_query_types_restrict_and_order_the_cycle():
     assert [t.qtype for t in plan_tasks(_chunks(4, 1), two)] == ["multi_hop", "factual"] * 2
 
 
+def test_keyword_queries_have_their_own_examples_and_leave_other_prompts_alone():
+    from trainer.domains import DOMAINS, SUBCATEGORIES
+    from trainer.prompts import query_messages
+
+    mix = load_config(None, ["generate.query_types=[factual, keyword]", "generate.questions_per_chunk=1",
+                             "generate.max_chunks_per_document=1"])
+    assert [t.qtype for t in plan_tasks(_chunks(4, 1), mix)] == ["factual", "keyword"] * 2  # one doc each
+    for name in (*SUBCATEGORIES, "general"):
+        spec = DOMAINS[name]
+        assert len(spec.keywords) == len(spec.examples)
+        kw = query_messages(name, "keyword", ["Some text."])
+        shots = [json.loads(m["content"])["query"] for m in kw if m["role"] == "assistant"]
+        assert shots == list(spec.keywords) and all(3 <= len(k.split()) <= 6 for k in shots)
+        assert "3 to 6 words" in kw[-1]["content"] and "3 to 6 words" in kw[1]["content"]
+        fact = query_messages(name, "factual", ["Some text."])  # unchanged: its cached answers still hold
+        assert [json.loads(m["content"])["query"] for m in fact if m["role"] == "assistant"] == \
+            [q for _, q in spec.examples]
+        assert all("3 to 6 words" not in m["content"] for m in fact)
+
+
 # --- the stage against a real server -------------------------------------------------------------
 
 

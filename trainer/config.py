@@ -127,8 +127,9 @@ class IngestConfig(_Section):
     shard_size: int = Field(500, ge=1, description="Documents per resumable work unit.")
 
 
-QueryType = Literal["factual", "contextual", "multi_hop"]
-QUERY_TYPES: tuple[str, ...] = get_args(QueryType)  # the recipe's rotation, in order
+QueryType = Literal["factual", "contextual", "multi_hop", "keyword"]
+QUERY_TYPES: tuple[str, ...] = ("factual", "contextual", "multi_hop")  # the recipe's rotation, in order
+QUERY_TYPE_CHOICES: tuple[str, ...] = get_args(QueryType)  # keyword: a short search-box query (3 to 6 words)
 
 
 _ENDPOINT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")

@@ -46,8 +46,9 @@ def _academic(meta: Any) -> bool:
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """One subcategory. ``styles``: query type ('factual', 'contextual') -> what the generator writes;
-    ``examples``: few-shot (passage, query) pairs; ``default_corpus``: an ``ingest.source`` value;
+    """One subcategory. ``styles``: query type ('factual', 'contextual', 'keyword') -> what the generator writes;
+    ``examples``: few-shot (passage, query) pairs; ``keywords``: a keyword query for each example passage;
+    ``default_corpus``: an ``ingest.source`` value;
     ``parity_task``: an MTEB task whose local BEIR folder (under $DOMAIN_EMBED_DATA) the export stage's
     int8 check and parity passages use when present."""
 
@@ -56,6 +57,7 @@ class DomainSpec:
     audience: str
     styles: Mapping[str, str]
     examples: tuple[tuple[str, str], ...]
+    keywords: tuple[str, ...] = ()
     default_corpus: str = "builtin:python-docs"
     parity_task: str | None = None
     task_filter: Callable[[Any], bool] = field(default=_english, repr=False)
@@ -72,6 +74,7 @@ class DomainSpec:
 GENERAL_STYLES = {
     "factual": "a factual search question answered by the passage",
     "contextual": "a question needing the passage's context to answer",
+    "keyword": "a short keyword search (3 to 6 words, no full sentence) that this text answers",
 }
 
 _SCIENTIFIC_EXAMPLES = (
@@ -90,6 +93,8 @@ _SPECS = (
             "factual": "a short clinical or biomedical claim (one sentence) that the passage supports",
             "contextual": "a clinical question about causes, mechanisms, effects or treatment that the passage "
                           "answers",
+            "keyword": "a short keyword search (3 to 6 words, no full sentence) a clinician would type into "
+                       "PubMed to find this text",
         },
         examples=(
             ("Metformin reduces hepatic gluconeogenesis and improves insulin sensitivity in peripheral tissues, "
@@ -98,6 +103,7 @@ _SPECS = (
             ("In a cohort of 1,200 smokers, low-dose CT screening detected stage I lung cancers twice as often as "
              "chest radiography.", "Does CT screening find early lung cancer more often than X-rays in smokers?"),
         ),
+        keywords=("metformin hepatic glucose output", "low-dose CT lung cancer screening smokers"),
         default_corpus="data:scifact",
         parity_task="SciFact",
     ),
@@ -109,6 +115,8 @@ _SPECS = (
             "factual": "a legal-issue query: the rule, right or offence in question, in a lawyer's words",
             "contextual": "a case-fact query: one or two sentences describing a situation whose legal answer is "
                           "in the passage",
+            "keyword": "a short keyword search (3 to 6 words, no full sentence) a lawyer would type into a "
+                       "legal database to find this text",
         },
         examples=(
             ("Whoever, intending to take dishonestly any movable property out of the possession of any person "
@@ -118,6 +126,7 @@ _SPECS = (
              "before a magistrate within twenty-four hours.", "Police held a man for two days without telling "
              "him why or bringing him before a judge; was his detention lawful?"),
         ),
+        keywords=("ingredients of theft movable property", "detention without grounds of arrest"),
         default_corpus="data:aila_casedocs",
         parity_task="AILAStatutes",
     ),
@@ -128,8 +137,11 @@ _SPECS = (
         styles={
             "factual": "a short scientific claim (one sentence) that the passage supports or refutes",
             "contextual": "a research question about why or how, which the passage answers",
+            "keyword": "a short keyword search (3 to 6 words, no full sentence) a scientist would type into a "
+                       "literature search engine to find this text",
         },
         examples=_SCIENTIFIC_EXAMPLES,
+        keywords=("FOXP2 knockout mice vocalization", "upper ocean heat content trend"),
         default_corpus="data:scifact",
         parity_task="SciFact",
         task_filter=_academic,
@@ -142,6 +154,8 @@ _SPECS = (
             "factual": "a natural-language code-search query (how do I ... / what does ... do) that this "
                        "documentation answers",
             "contextual": "a question about when or why to use this feature, or how it behaves",
+            "keyword": "a short web-search query (3 to 6 words, no full sentence) a developer would type to "
+                       "find this code or documentation",
         },
         examples=(
             ("sorted(iterable, *, key=None, reverse=False): Return a new sorted list from the items in iterable. "
@@ -151,6 +165,7 @@ _SPECS = (
              "manager, so that common try/finally usage patterns can be encapsulated.",
              "why use a context manager instead of try finally"),
         ),
+        keywords=("python sort list by key", "with statement context manager"),
         default_corpus="builtin:python-docs",
         task_filter=lambda meta: True,  # code tasks are tagged with programming languages, not "eng"
     ),
@@ -163,6 +178,7 @@ _SPECS = (
             (_SCIENTIFIC_EXAMPLES[0][0], "What happens to mice without the FOXP2 gene?"),
             (_SCIENTIFIC_EXAMPLES[1][0], "How much has the upper ocean warmed since 2005?"),
         ),
+        keywords=("FOXP2 gene mice vocalization", "ocean warming since 2005"),
         default_corpus="data:scifact",
         parity_task="SciFact",
     ),

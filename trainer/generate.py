@@ -51,7 +51,7 @@ from trainer.generators import (
     running_endpoint,
 )
 from trainer.llm_client import ChatClient, EndpointError, public_url
-from trainer.llm_server import LocalLLMServer, gpu_layers
+from trainer.llm_server import LLAMA_SERVER_SLOTS, LocalLLMServer, gpu_layers, llama_server_binary
 from trainer.logs import redact
 from trainer.models import GENERATORS, resolve_generator, resolve_model
 from trainer.prompts import JUDGE_FIELDS, JUDGE_SCHEMA, PROMPT_VERSION, QUERY_SCHEMA, judge_messages, query_messages
@@ -361,6 +361,7 @@ class _Generator:
         self.judge_kind = judge_kind
         self.judge_identity = judge_identity
         self.calls = 0
+        self._count = threading.Lock()  # requests run in parallel on a batching server
 
     def ask(self, client: ChatClient, messages: list[dict[str, str]], seed: int, schema_fmt: dict | None,
             max_tokens: int, temperature: float) -> str:
@@ -383,9 +384,11 @@ class _Generator:
                                  "text, every output is still validated")
             self.fmt = None
             text = client.chat(messages, max_tokens=max_tokens, temperature=temperature, seed=seed)
-        self.calls += 1
+        with self._count:
+            self.calls += 1
+            n = self.calls
         self.cache.put(key, text)
-        crash_point(f"generate.call.{self.calls}")
+        crash_point(f"generate.call.{n}")
         return text
 
     def one(self, task: Task, texts: list[str], titles: list[str]) -> dict[str, Any]:
@@ -494,8 +497,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         elif gen_kind == "endpoint":
             client = ChatClient(g.endpoint, model=g.model, token=token, timeout=g.timeout_s, max_retries=g.max_retries)
         else:
+            binary = llama_server_binary()
             server = LocalLLMServer(resolve_embedded(embedded_generator(cfg)), n_threads=g.server_threads,
-                                    n_gpu_layers=gpu_layers(g.gpu_layers), log_path=ctx.dir / "server.log")
+                                    n_gpu_layers=gpu_layers(g.gpu_layers), log_path=ctx.dir / "server.log",
+                                    binary=binary, slots=g.concurrency or LLAMA_SERVER_SLOTS)
             stack.callback(server.stop)
             server.start()
             client = ChatClient(server.base_url, model=g.model, timeout=g.timeout_s, max_retries=g.max_retries,
@@ -536,9 +541,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     out["reason"] = "judge_below_threshold"
             return out
 
-        # The embedded server answers one request at a time and reuses the previous prompt's cache: in order,
-        # a chunk's questions (and retries) follow each other and pay for the passage once.
-        workers = 1 if server is not None else concurrency(cfg)
+        # llama-cpp-python's server answers one request at a time and reuses the previous prompt's cache: in
+        # order, a chunk's questions (and retries) follow each other and pay for the passage once. llama-server
+        # batches its slots.
+        workers = server.slots if server is not None else concurrency(cfg)
         # The bar counts questions asked (a rejected one counts too: it took the time) toward the planned
         # number, or kept queries toward generate.max_queries when that stops the stage first.
         capped = g.max_queries is not None and g.max_queries < len(tasks)
@@ -614,6 +620,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         **({"inference_endpoint": launched.record()} if launched is not None else {}),
         "concurrency": workers,
         "gpu_layers": server.n_gpu_layers if server is not None else None,
+        **({"embedded_server": "llama-server" if server.binary else "llama-cpp-python"} if server is not None else {}),
         "prompt_version": PROMPT_VERSION,
         "llm_calls": gen.calls,
         "mean_word_overlap": round(sum(overlaps) / len(overlaps), 3) if overlaps else None,

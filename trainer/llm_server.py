@@ -1,4 +1,6 @@
-"""The embedded generator: a real llama.cpp server (llama-cpp-python) speaking TGI's Messages API.
+"""The embedded generator: a real llama.cpp server speaking TGI's Messages API: llama.cpp's own ``llama-server``
+(continuous batching over ``slots`` requests in flight) when a built binary is found (``llama_server_binary``),
+else llama-cpp-python's server (one request at a time).
 
 Started on 127.0.0.1 on a free port, polled until healthy, and stopped on exit, on an exception, on
 Ctrl-C, and (Linux) when the parent process dies, so no server outlives its run.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,6 +102,27 @@ def _die_with_parent() -> None:  # runs in the child before exec
         pass
 
 
+LLAMA_SERVER_ENV = "DOMAIN_EMBED_LLAMA_SERVER"
+LLAMA_SERVER_SLOTS = 16  # 1.57x one-at-a-time on 2 cores (BENCHMARKS.md, "requests in flight")
+
+
+def llama_server_binary() -> str | None:
+    """llama.cpp's ``llama-server``: $DOMAIN_EMBED_LLAMA_SERVER (a path, or ``off`` for llama-cpp-python's server),
+    else the one ``scripts/build_llama_server.sh`` builds, else one on PATH; None when there is none."""
+    env = os.environ.get(LLAMA_SERVER_ENV, "").strip()
+    if env.lower() in ("off", "0", "false", "none"):
+        return None
+    if env:
+        if not (os.path.isfile(env) and os.access(env, os.X_OK)):
+            raise ServerError(f"{LLAMA_SERVER_ENV}={env} is not an executable llama-server binary: build one with "
+                              "`bash scripts/build_llama_server.sh`, or unset it to use llama-cpp-python's server")
+        return env
+    built = Path.home() / ".cache" / "domain-embed" / "llama-server" / "build" / "bin" / "llama-server"
+    if built.is_file() and os.access(built, os.X_OK):
+        return str(built)
+    return shutil.which("llama-server")
+
+
 class LocalLLMServer:
     def __init__(
         self,
@@ -109,8 +133,12 @@ class LocalLLMServer:
         log_path: Path | None = None,
         start_timeout: float = 180.0,
         n_gpu_layers: int = 0,
+        binary: str | None = None,
+        slots: int = LLAMA_SERVER_SLOTS,
     ):
         self.model_path = Path(model_path)
+        self.binary = binary  # llama-server; None: llama-cpp-python's server
+        self.slots = slots if binary else 1  # requests in flight it serves at once
         self.n_gpu_layers = n_gpu_layers
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, (os.cpu_count() or 2))
@@ -128,6 +156,12 @@ class LocalLLMServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
+        if self.binary:  # every slot gets n_ctx tokens of context
+            return [
+                self.binary, "-m", str(self.model_path), "--host", "127.0.0.1", "--port", str(self.port),
+                "--parallel", str(self.slots), "--cont-batching", "-c", str(self.n_ctx * self.slots),
+                "-t", str(self.n_threads), "-tb", str(self.n_threads), "--n-gpu-layers", str(self.n_gpu_layers),
+            ]
         return [
             sys.executable, "-m", "llama_cpp.server",
             "--model", str(self.model_path),
@@ -140,7 +174,8 @@ class LocalLLMServer:
 
     def start(self) -> LocalLLMServer:
         try:
-            import llama_cpp  # noqa: F401
+            if not self.binary:
+                import llama_cpp  # noqa: F401
         except ImportError:
             raise ServerError(
                 "the embedded generator needs llama-cpp-python: run `bash scripts/setup.sh` (it builds the "
@@ -165,7 +200,8 @@ class LocalLLMServer:
                 raise ServerError(f"llama.cpp server exited with code {self.proc.returncode} at start"
                                   f"{self._log_tail()}")
             if self.healthy():
-                get_logger().info("generator server up at %s (%s)", self.base_url, self.model_path.name)
+                get_logger().info("generator server up at %s (%s, %s)", self.base_url, self.model_path.name,
+                                  f"llama-server, {self.slots} slots" if self.binary else "llama-cpp-python")
                 return self
             time.sleep(0.25)
         self.stop()

@@ -50,9 +50,13 @@ def query_messages(domain: str, qtype: str, texts: list[str]) -> list[dict[str, 
         'Reply with JSON only: {"query": "..."}.'
     )
     msgs = [{"role": "system", "content": system}]
-    for passage, query in spec.examples:
-        msgs.append({"role": "user", "content": f"Text:\n{passage}\n\nWrite {spec.style('factual')}."})
-        msgs.append({"role": "assistant", "content": json.dumps({"query": query})})
+    # keyword queries get keyword examples; every other type keeps the factual ones (their text, and so the
+    # cached answers, do not change)
+    shot = "keyword" if qtype == "keyword" and len(spec.keywords) == len(spec.examples) else "factual"
+    for i, (passage, query) in enumerate(spec.examples):
+        msgs.append({"role": "user", "content": f"Text:\n{passage}\n\nWrite {spec.style(shot)}."})
+        msgs.append({"role": "assistant", "content": json.dumps({"query": spec.keywords[i] if shot == "keyword"
+                                                                   else query})})
     task = spec.style(qtype)
     if qtype == "multi_hop":
         task += f"; it must need facts from ALL {len(texts)} texts together, not just one of them"
