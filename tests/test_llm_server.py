@@ -34,7 +34,7 @@ def test_which_server_binary(monkeypatch, tmp_path):
     not_exe = tmp_path / "llama-server.txt"
     not_exe.write_text("x")
     monkeypatch.setenv(LLAMA_SERVER_ENV, str(not_exe))
-    with pytest.raises(ServerError, match="build_llama_server.sh"):
+    with pytest.raises(ServerError, match=r"build_llama_server\.sh"):
         llama_server_binary()
 
 
