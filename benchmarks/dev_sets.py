@@ -14,11 +14,10 @@ Writes a BEIR folder whose qrels/dev.tsv judges ``--n`` sampled titles (seeded).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 
-from trainer.beir import write_beir
+from trainer.beir import read_jsonl, write_beir
 
 
 def titles(task: Path, out: Path, n: int, seed: int = 0, min_words: int = 3) -> dict[str, int]:
@@ -33,13 +32,8 @@ def titles(task: Path, out: Path, n: int, seed: int = 0, min_words: int = 3) -> 
 
 
 def _corpus(task: Path) -> dict[str, dict[str, str]]:
-    out = {}
-    with (task / "corpus.jsonl").open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                r = json.loads(line)
-                out[str(r["_id"])] = {"title": r.get("title") or "", "text": r.get("text") or ""}
-    return out
+    return {str(r["_id"]): {"title": r.get("title") or "", "text": r.get("text") or ""}
+            for r in read_jsonl(task / "corpus.jsonl")}
 
 
 def main() -> None:

@@ -3,6 +3,7 @@ llama-cpp-python's), how it is started, and the generate stage batching over lla
 
 import os
 import stat
+from pathlib import Path
 
 import datasets
 import pytest
@@ -51,7 +52,7 @@ def test_server_commands(tmp_path):
 
 
 BUILT = os.environ.get("DOMAIN_EMBED_TEST_LLAMA_SERVER") or str(
-    __import__("pathlib").Path.home() / ".cache/domain-embed/llama-server/build/bin/llama-server")
+    Path.home() / ".cache/domain-embed/llama-server/build/bin/llama-server")
 
 
 @pytest.mark.skipif(not os.access(BUILT, os.X_OK), reason="no llama-server built (bash scripts/build_llama_server.sh); "
