@@ -266,6 +266,28 @@ def test_generator_plan_estimates_requests_minutes_and_cost():
     assert "about" in format_plan(prov) and MODEL in format_plan(prov)
 
 
+def test_plan_and_estimate_know_the_embedded_llama_server(tmp_path, monkeypatch):
+    """With llama-server built, the embedded generator runs its slots in parallel: the plan and the estimate
+    say so and use the measured 1.8x (2 CPU cores), not a batching server's 16-slot speed-up."""
+    from trainer.presets import estimate
+
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\n")
+    cfg = load_config(None, ["generate.questions_per_chunk=2", "ingest.source=builtin:python-docs"])
+    off = generator_plan(cfg, 100, gpu=False)
+    est_off = estimate(cfg, n_chunks=968, n_documents=78).seconds["generate"]
+    binary.chmod(0o755)
+    monkeypatch.setenv("DOMAIN_EMBED_LLAMA_SERVER", str(binary))
+    on = generator_plan(cfg, 100, gpu=False)
+    assert (off["concurrency"], on["concurrency"]) == (1, 16)
+    assert "llama-server, 16 slots" in format_plan(on) and "llama-cpp-python" in format_plan(off)
+    assert on["minutes"] == pytest.approx(off["minutes"] / 1.8, abs=0.1)
+    assert estimate(cfg, n_chunks=968, n_documents=78).seconds["generate"] == pytest.approx(est_off / 1.8, rel=0.01)
+    assert generator_plan(load_config(None, ["generate.concurrency=4"]), 100, gpu=False)["concurrency"] == 4
+    monkeypatch.setenv("DOMAIN_EMBED_LLAMA_SERVER", str(tmp_path / "missing"))  # the stage says why; plan for 1
+    assert generator_plan(cfg, 100, gpu=False)["concurrency"] == 1
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["generate.provider=auto", "generate.endpoint=http://127.0.0.1:1/v1"], "choose one generator"),
     (["generate.provider=auto"], "needs generate.model set to a Hub model id"),

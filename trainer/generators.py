@@ -69,6 +69,9 @@ SECONDS_PER_REQUEST = {"embedded": 3.0, "embedded_gpu": 0.5, "endpoint": 2.5, "i
                        "provider": 2.0}
 CONCURRENCY_EFFICIENCY = 0.6  # 16 in flight ~ 10x one at a time on a batching server (measure yours:
                               # benchmarks/generate_concurrency.py)
+# The embedded llama-server's slots on 2 CPU cores: SciFact's 1,000 claim tasks in 20.1 min instead of 36.4 with
+# llama-cpp-python's server (BENCHMARKS.md, "Query style on two dev sets"); the cores, not the slots, bound it.
+EMBEDDED_SLOTS_SPEEDUP_CPU = 1.8
 START_MINUTES = {"create": 10.0, "resume": 5.0, "running": 0.0}
 TOKENS_PER_REQUEST = 600  # prompt (a ~250-token chunk, instructions) + a short answer
 PROVIDER_USD_PER_M_TOKENS = 0.6  # a rough middle of providers' 8B-70B prices; billed by the provider
@@ -98,9 +101,17 @@ def generator_kind(cfg: Config) -> str:
 
 
 def concurrency(cfg: Config) -> int:
-    """Requests in flight: 1 for the embedded server (cache-friendly order), else generate.concurrency or 16."""
+    """Requests in flight: for the embedded generator llama-server's slots (generate.concurrency or 16) when
+    llama-server is built, else 1 (llama-cpp-python's server, cache-friendly order); else generate.concurrency
+    or 16."""
     if generator_kind(cfg) == "embedded":
-        return 1
+        from trainer.llm_server import LLAMA_SERVER_SLOTS, ServerError, llama_server_binary
+
+        try:
+            built = llama_server_binary() is not None
+        except ServerError:  # a bad DOMAIN_EMBED_LLAMA_SERVER: the generate stage says so; plan without it
+            built = False
+        return (cfg.generate.concurrency or LLAMA_SERVER_SLOTS) if built else 1
     return cfg.generate.concurrency or DEFAULT_CONCURRENCY
 
 
@@ -189,7 +200,10 @@ def generator_plan(cfg: Config, n_chunks: int, *, endpoint_state: str | None = N
         on_gpu = cuda_available() if gpu is None else gpu
         plan["model"] = g.generator
         per = SECONDS_PER_REQUEST["embedded_gpu" if on_gpu else "embedded"]
-        plan["notes"].append(f"embedded llama.cpp server on the {'GPU' if on_gpu else 'CPU'}, free")
+        if workers > 1 and not on_gpu:  # measured: the 2 cores bound llama-server, not its slots
+            speedup = EMBEDDED_SLOTS_SPEEDUP_CPU
+        server = f"llama-server, {workers} slots" if workers > 1 else "llama-cpp-python's server"
+        plan["notes"].append(f"embedded llama.cpp server ({server}) on the {'GPU' if on_gpu else 'CPU'}, free")
     elif kind == "provider":
         plan["model"] = f"{g.model} ({g.provider})"
         per = SECONDS_PER_REQUEST["provider"]

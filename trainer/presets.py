@@ -38,6 +38,8 @@ RATES: dict[str, tuple[float, str]] = {
     "gen_s.smollm2-135m-instruct-q4_1": (1.0, "assumed ~1 s per query for the 135M test generator (not benchmarked)"),
     "gen_s.endpoint": (1.0, "assumed ~1 s per query per concurrent request for an endpoint (not benchmarked)"),
     # "Synthetic query generation", the server's prompt cache: a chunk's next question costs 0.24x the first.
+    # "Query style on two dev sets": llama-server's 16 slots, 1,000 SciFact claim tasks in 20.1 min vs 36.4.
+    "gen_llama_server_speedup": (1.8, "embedded llama-server (16 slots): 20.1 min vs 36.4 for 1,000 claim tasks"),
     "gen_repeat_ratio": (0.24, "prompt cache: a chunk's next question costs 0.24x its first"),
     "gen_keep": (0.86, "Quickstart: 99 queries kept of 115"),
     # "End-to-end": SciFact's mine stage 6.7 min for 11,565 chunks (quickstart: 30 s for 968 chunks).
@@ -203,6 +205,7 @@ def estimate(cfg: Config, n_chunks: int | None = None, n_documents: int | None =
     output, else the sizes BENCHMARKS.md measured for known sources, else a stated guess.
     """
     from trainer.generate import _judge_enabled
+    from trainer.generators import concurrency, generator_kind
 
     g, mc, t, ev, e = cfg.generate, cfg.mine, cfg.train, cfg.evaluate, cfg.export
     gpu = t.profile in GPU_PROFILES
@@ -220,11 +223,14 @@ def estimate(cfg: Config, n_chunks: int | None = None, n_documents: int | None =
     per_doc = min(g.max_chunks_per_document or math.inf, chunks / max(docs, 1))
     gen_chunks = sampled * per_doc
     tasks = gen_chunks * g.questions_per_chunk
-    key = "gen_s.endpoint" if g.endpoint else f"gen_s.{g.generator}"
+    embedded = generator_kind(cfg) == "embedded"
+    key = f"gen_s.{g.generator}" if embedded else "gen_s.endpoint"
     if key not in RATES:
         key = "gen_s.qwen2.5-coder-1.5b-instruct-q4_k_m"
         notes.append(f"generator {g.generator!r} not measured: timed as the 1.5B one")
-    first = rate(key) / (g.concurrency if g.endpoint else 1)
+    first = rate(key) / (1 if embedded else concurrency(cfg))
+    if embedded and not gpu and concurrency(cfg) > 1:  # a built llama-server
+        first /= rate("gen_llama_server_speedup")
     repeat = first * rate("gen_repeat_ratio")
     per_chunk = first + (g.questions_per_chunk - 1) * repeat
     per_chunk *= 1 + (g.candidates - 1) * rate("gen_repeat_ratio")
