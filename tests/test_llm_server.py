@@ -3,12 +3,17 @@ llama-cpp-python's), how it is started, and the generate stage batching over lla
 
 import os
 import stat
-from pathlib import Path
 
 import datasets
 import pytest
 
-from trainer.llm_server import LLAMA_SERVER_ENV, LocalLLMServer, ServerError, llama_server_binary
+from trainer.llm_server import (
+    LLAMA_SERVER_ENV,
+    LocalLLMServer,
+    ServerError,
+    built_llama_server,
+    llama_server_binary,
+)
 
 from .test_generate import _cfg, _run
 
@@ -25,7 +30,8 @@ def test_which_server_binary(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.delenv(LLAMA_SERVER_ENV, raising=False)
     assert llama_server_binary() is None  # nothing built: llama-cpp-python's server
-    built = _executable(tmp_path / ".cache/domain-embed/llama-server/build/bin/llama-server")
+    built = _executable(built_llama_server())
+    assert built.is_relative_to(tmp_path)
     assert llama_server_binary() == str(built)  # what scripts/build_llama_server.sh builds
     monkeypatch.setenv(LLAMA_SERVER_ENV, "off")
     assert llama_server_binary() is None
@@ -51,8 +57,7 @@ def test_server_commands(tmp_path):
     assert python.slots == 1 and python.command()[1:3] == ["-m", "llama_cpp.server"]  # one at a time
 
 
-BUILT = os.environ.get("DOMAIN_EMBED_TEST_LLAMA_SERVER") or str(
-    Path.home() / ".cache/domain-embed/llama-server/build/bin/llama-server")
+BUILT = os.environ.get("DOMAIN_EMBED_TEST_LLAMA_SERVER") or str(built_llama_server())
 
 
 @pytest.mark.skipif(not os.access(BUILT, os.X_OK), reason="no llama-server built (bash scripts/build_llama_server.sh); "

@@ -106,6 +106,11 @@ LLAMA_SERVER_ENV = "DOMAIN_EMBED_LLAMA_SERVER"
 LLAMA_SERVER_SLOTS = 16  # 1.57x one-at-a-time on 2 cores (BENCHMARKS.md, "requests in flight")
 
 
+def built_llama_server() -> Path:
+    """Where ``scripts/build_llama_server.sh`` puts llama-server."""
+    return Path.home() / ".cache" / "domain-embed" / "llama-server" / "build" / "bin" / "llama-server"
+
+
 def llama_server_binary() -> str | None:
     """llama.cpp's ``llama-server``: $DOMAIN_EMBED_LLAMA_SERVER (a path, or ``off`` for llama-cpp-python's server),
     else the one ``scripts/build_llama_server.sh`` builds, else one on PATH; None when there is none."""
@@ -117,7 +122,7 @@ def llama_server_binary() -> str | None:
             raise ServerError(f"{LLAMA_SERVER_ENV}={env} is not an executable llama-server binary: build one with "
                               "`bash scripts/build_llama_server.sh`, or unset it to use llama-cpp-python's server")
         return env
-    built = Path.home() / ".cache" / "domain-embed" / "llama-server" / "build" / "bin" / "llama-server"
+    built = built_llama_server()
     if built.is_file() and os.access(built, os.X_OK):
         return str(built)
     return shutil.which("llama-server")
