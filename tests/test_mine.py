@@ -300,7 +300,7 @@ def test_killed_run_resumes_from_cached_embeddings(run_copy, tmp_path_factory, m
     monkeypatch.setattr(mine, "EMBED_BLOCK", 16)
     clean_root = tmp_path_factory.mktemp("clean")
     shutil.copytree(base_run, clean_root, dirs_exist_ok=True)
-    _, clean = mine_in(clean_root)
+    _, clean = mine_in(clean_root, "run.embedding_cache=false")
 
     def crash(name):
         if name == "mine.embed.passages.2":
@@ -308,16 +308,51 @@ def test_killed_run_resumes_from_cached_embeddings(run_copy, tmp_path_factory, m
 
     monkeypatch.setattr(mine, "crash_point", crash)
     with pytest.raises(Killed):
-        mine_in(run_copy)
+        mine_in(run_copy, "run.embedding_cache=false")  # passage blocks in the stage's _work folder
     sdir = run_copy / "run/stages/mine"
     assert json.loads((sdir / "manifest.json").read_text())["status"] == "running"
     assert len(list((sdir / "_work" / "passages").glob("*.npy"))) == 2
 
     monkeypatch.setattr(mine, "crash_point", lambda name: None)
-    outcome, _ = mine_in(run_copy)
+    outcome, _ = mine_in(run_copy, "run.embedding_cache=false")
     assert outcome.action == "resumed" and outcome.manifest["counts"]["embedding_blocks_reused"] == 2
     assert outcome.manifest["output_fingerprint"] == fingerprint_dir(clean)
     assert load(sdir, "train").to_list() == load(clean, "train").to_list()
+
+
+def test_passage_embeddings_are_shared_across_runs_and_resume_a_killed_run(run_copy, tmp_path_factory, monkeypatch,
+                                                                            base_run):
+    """run.embedding_cache: a second run (another margin, another run folder) embeds no passage again, a killed run
+    resumes from the shared blocks, and the outputs equal those of a run that embedded everything itself."""
+    monkeypatch.setattr(mine, "EMBED_BLOCK", 16)
+    cache = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv("DOMAIN_EMBED_CACHE", str(cache))
+    alone_root = tmp_path_factory.mktemp("alone")
+    shutil.copytree(base_run, alone_root, dirs_exist_ok=True)
+    _, alone = mine_in(alone_root, "run.embedding_cache=false", "mine.margin=0.9")
+    assert not (cache / "embeddings").exists()
+
+    def crash(name):
+        if name == "mine.embed.passages.1":
+            raise Killed(name)
+
+    monkeypatch.setattr(mine, "crash_point", crash)
+    with pytest.raises(Killed):
+        mine_in(run_copy)
+    assert len(list((cache / "embeddings").glob("*.npy"))) == 1
+    assert not (run_copy / "run/stages/mine/_work/passages").exists()
+    monkeypatch.setattr(mine, "crash_point", lambda name: None)
+    first, _ = mine_in(run_copy)
+    n_blocks = len(list((cache / "embeddings").glob("*.npy")))
+    assert first.action == "resumed" and first.manifest["counts"]["embedding_blocks_reused"] == 1 and n_blocks > 1
+
+    other_root = tmp_path_factory.mktemp("other")
+    shutil.copytree(base_run, other_root, dirs_exist_ok=True)
+    again, sdir = mine_in(other_root, "mine.margin=0.9")
+    # every passage block came from the cache (query blocks live in the new run's _work: none to reuse)
+    assert again.manifest["counts"]["embedding_blocks_reused"] == n_blocks
+    assert len(list((cache / "embeddings").glob("*.npy"))) == n_blocks
+    assert fingerprint_dir(sdir) == fingerprint_dir(alone)  # the same rows as a run that embedded everything
 
 
 def test_one_document_corpus_finishes_and_counts_what_it_could_not_fill(tmp_path):

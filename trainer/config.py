@@ -73,6 +73,12 @@ class _Section(BaseModel):
 class RunConfig(_Section):
     dir: Path = Field(Path("runs/default"), description="Run directory: every stage reads and writes here.")
     seed: int = Field(42, description="Seed for every random choice (splits, sampling, training).")
+    embedding_cache: bool = Field(
+        True, description="Keep the base model's passage embeddings of the mine stage under "
+        "~/.cache/domain-embed/embeddings ($DOMAIN_EMBED_CACHE), keyed by a hash of the model's weights, the prompt "
+        "and the texts, so that another run or a re-mine of the same corpus does not embed it again. Off: they "
+        "live in the run's stage folder until the stage finishes. Not part of any stage key (it changes no output)."
+    )
 
 
 class ModelConfig(_Section):

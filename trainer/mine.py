@@ -36,8 +36,10 @@ How it works:
    (tiny corpora), its rows are dropped and counted (``queries_short``, ``rows_dropped_short``):
    sentence-transformers needs the same number of negative columns in every row.
 
-Passage and query embeddings are cached in ``_work/`` in blocks of ``EMBED_BLOCK``; a killed run
-resumes from the finished blocks and writes byte-identical outputs.
+Passage and query embeddings are cached in blocks of ``EMBED_BLOCK``: queries in ``_work/``, passages in
+the user's embedding cache (``run.embedding_cache``, shared by every run of the same base model: a re-mine of a
+corpus skips embedding it) or in ``_work/``. A killed run resumes from the finished blocks and writes
+byte-identical outputs.
 
 Example::
 
@@ -78,7 +80,7 @@ from trainer.real_queries import (
     subsample,
     test_sets,
 )
-from trainer.retrieval import cached_encode, encode, exact_search, load_model
+from trainer.retrieval import cached_encode, encode, exact_search, load_model, model_fingerprint
 from trainer.rundir import Input, Stage, StageContext
 
 EMBED_BLOCK = 4096  # passages per cached embedding block: the unit a killed run resumes from
@@ -386,10 +388,13 @@ class Encoder:
 
 
 def embed_cached(texts: list[str], folder: Path, encode: Callable[..., np.ndarray],
-                 advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
-    """Embed in blocks of EMBED_BLOCK cached under ``folder`` (in _work: the base model and prompts are part of the
-    stage key); returns (embeddings, blocks reused). ``advance(n)``: texts embedded (or reused) so far.
-    ``encode(texts, on_done=None)``: the encoder, calling ``on_done(n)`` as it goes."""
+                 advance: Callable[[int], None] | None = None, *, name: str | None = None,
+                 key: str | None = None) -> tuple[np.ndarray, int]:
+    """Embed in blocks of EMBED_BLOCK cached under ``folder``; returns (embeddings, blocks reused). ``key``: what
+    besides the texts decides the vectors (default the folder's name: in _work the base model and prompts are part
+    of the stage key); ``name``: for crash points (default the folder's name). ``advance(n)``: texts embedded (or
+    reused) so far. ``encode(texts, on_done=None)``: the encoder, calling ``on_done(n)`` as it goes."""
+    name = name or folder.name
     before = 0  # texts in the blocks already done
 
     def block_done(b: int) -> None:
@@ -397,12 +402,23 @@ def embed_cached(texts: list[str], folder: Path, encode: Callable[..., np.ndarra
         before = min(b * EMBED_BLOCK, len(texts))
         if advance is not None:
             advance(before)
-        crash_point(f"mine.embed.{folder.name}.{b}")
+        crash_point(f"mine.embed.{name}.{b}")
 
     def encode_block(chunk: list[str]) -> np.ndarray:
         return encode(chunk, on_done=(lambda n: advance(before + n)) if advance is not None else None)
 
-    return cached_encode(texts, encode_block, folder, folder.name, block=EMBED_BLOCK, on_block=block_done)
+    return cached_encode(texts, encode_block, folder, key or folder.name, block=EMBED_BLOCK, on_block=block_done)
+
+
+def passage_cache(cfg: Config, ctx: StageContext, encoder: Encoder) -> tuple[Path, str | None]:
+    """(folder, key) of the passage embeddings: the user's cache, keyed by the model's fingerprint (weights,
+    max_seq_length, pooling), the prompt and normalisation; or the stage's _work folder."""
+    if not cfg.run.embedding_cache:
+        return ctx.work / "passages", None
+    from trainer.models import cache_dir
+
+    fp = model_fingerprint(encoder.model)
+    return cache_dir() / "embeddings", f"{fp}|document|{cfg.model.passage_prompt}|normalized|block{EMBED_BLOCK}"
 
 
 # ---------------------------------------------------------------- outputs
@@ -539,10 +555,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if len(made) < n_pairs:
             log.warning("mine: %d corpus-derived pairs asked for, %d chunks qualified", n_pairs, len(made))
     encoder = Encoder(cfg)
+    p_folder, p_key = passage_cache(cfg, ctx, encoder)
     p_emb, p_reused = embed_cached(
-        passages, ctx.work / "passages", lambda t, on_done: encoder.encode(t, "document", cfg.model.passage_prompt,
-                                                                          on_done),
-        lambda n: ctx.advance(n, len(passages), unit="passages", label="passages embedded"))
+        passages, p_folder, lambda t, on_done: encoder.encode(t, "document", cfg.model.passage_prompt, on_done),
+        lambda n: ctx.advance(n, len(passages), unit="passages", label="passages embedded"),
+        name="passages", key=p_key)
     ctx.report("mine: passages embedded", 0.6)
     q_emb, q_reused = embed_cached(
         [q.text for q in train], ctx.work / "queries",
