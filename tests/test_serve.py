@@ -67,7 +67,7 @@ def test_models_and_health(server, client):
     models = client.models.list()
     assert [m.id for m in models.data] == ["tiny-run"]  # named after the run
     health = httpx.get(f"http://127.0.0.1:{server.port}/health").json()
-    assert health["status"] == "ok" and health["precision"] == "fp32" and health["dimensions"] == 384
+    assert health["status"] == "ok" and health["precision"] == "float32" and health["dimensions"] == 384
     assert health["file"] == "onnx/model.onnx" and health["normalized"] is True
 
 

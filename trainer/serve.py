@@ -271,8 +271,8 @@ def _load(folder: Path, file_name: str) -> Any:
 def backend_and_precision(file_name: str) -> tuple[str, str]:
     """What /health reports for a served file: ("onnx", "int8"), ("pytorch", "bfloat16"), ..."""
     if file_name in (PYTORCH, PYTORCH_BF16):
-        return PYTORCH, "bfloat16" if file_name == PYTORCH_BF16 else "fp32"
-    return "openvino" if file_name.endswith(".xml") else "onnx", "int8" if "int8" in file_name else "fp32"
+        return PYTORCH, "bfloat16" if file_name == PYTORCH_BF16 else "float32"
+    return "openvino" if file_name.endswith(".xml") else "onnx", "int8" if "int8" in file_name else "float32"
 
 
 class _ShrinkingSession:
