@@ -47,7 +47,7 @@ from trainer.paths import data_dir
 from trainer.pipeline import STAGE_NAMES, STAGES, chain, output_path
 from trainer.pipeline import status as stage_status
 from trainer.presets import PRESETS, estimate, presets_for
-from trainer.progress import PROGRESS_FILE, format_bar, read_progress
+from trainer.progress import PROGRESS_FILE, format_bar, format_duration, read_progress
 from trainer.rundir import RunDir, stage_identity
 
 DUPLICATE_HELP = (
@@ -476,10 +476,6 @@ class SpaceApp:
         return pd.DataFrame(rows, columns=keys), plot, "Ranked by room for improvement (largest first)."
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
 def _ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
@@ -705,9 +701,10 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
                 est = estimate(cfg)
             except TrainerError as exc:
                 return f"No estimate: {for_visitor(str(exc))}"
-            steps = " · ".join(f"{k} {_minutes(v)}" for k, v in est.seconds.items())
+            steps = " · ".join(f"{k} {format_duration(v)}" for k, v in est.seconds.items())
             summary = PRESETS[chosen].summary + " " if chosen else ""
-            return f"{summary}**Estimated time: {_minutes(est.total_s)}** ({steps}); from the rates in BENCHMARKS.md."
+            total = format_duration(est.total_s)
+            return f"{summary}**Estimated time: {total}** ({steps}); from the rates in BENCHMARKS.md."
 
         preset.change(explain_preset, [preset, session, *settings], preset_note)
 

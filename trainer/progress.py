@@ -113,7 +113,8 @@ def read_progress(run_root: str | Path) -> Progress | None:
         return None
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """'45 s', '12 min', '2.5 h': for ETAs and estimates shown to a person."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -135,7 +136,7 @@ def format_bar(p: Progress, width: int = 24) -> str:
     if p.rate_per_min is not None:
         tail.append(f"{p.rate_per_min:.1f} {p.unit}/min")
     if p.eta_s is not None:
-        tail.append(f"ETA {_duration(p.eta_s)}")
+        tail.append(f"ETA {format_duration(p.eta_s)}")
     tail += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.extra.items()]
     line = " ".join(parts)
     return " · ".join([line, *tail]) if tail else line
