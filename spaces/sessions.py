@@ -129,6 +129,7 @@ def owner_key(username: str | None, session_id: str | None) -> str | None:
 
 
 # CLI wording -> Space wording, for messages the pipeline writes (errors, logs, PUSH.md excerpts).
+ALLOW_REGRESSION_BOX = "the Publish tab's box “Publish even if it is worse than the base model”"
 _CLI_TO_SPACE = [
     (re.compile(r"`?python -m trainer config --explain`?"), "the README's configuration reference"),
     (re.compile(r"`?python -m trainer run --to (\w+)[^`\n]*`?"), r"the \1 step's Run button"),
@@ -136,6 +137,7 @@ _CLI_TO_SPACE = [
     (re.compile(r"`?python -m trainer (\w+)[^`\n]*`?"), r"the \1 step's Run button"),
     (re.compile(r"`?--force`?"), "the step's Run button again (it asks before re-running)"),
     (re.compile(r"`?--source( PATH)?`?"), "the Corpus box (Data tab)"),
+    (re.compile(r"`?(--set )?publish\.allow_regression=true`?"), ALLOW_REGRESSION_BOX),
     (re.compile(r"`?--set ([\w.]+=[^`\s]*)`?"), r"Advanced settings: \1"),
     (re.compile(r"\(run\.dir=\.\.\.\)|run\.dir=\S+"), "the Space's run folder"),
 ]

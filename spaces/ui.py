@@ -48,6 +48,7 @@ from trainer.pipeline import STAGE_NAMES, STAGES, chain, output_path
 from trainer.pipeline import status as stage_status
 from trainer.presets import PRESETS, estimate, presets_for
 from trainer.progress import PROGRESS_FILE, format_bar, format_duration, read_progress
+from trainer.publish import regression_verdict
 from trainer.rundir import RunDir, stage_identity
 
 DUPLICATE_HELP = (
@@ -94,12 +95,16 @@ SETTINGS = (
     "domain", "source", "uploads", "gen_kind", "provider", "provider_model", "ie_name", "ie_repository",
     "ie_instance", "ie_region", "endpoint", "endpoint_model", "generator", "questions_per_chunk",
     "query_types", "sample_documents", "mine_mode", "num_negatives", "margin", "profile", "epochs", "lr", "owner",
-    "repo_name", "private", "onnx", "advanced",
+    "repo_name", "private", "onnx", "advanced", "queries_file", "queries_source", "queries_use", "queries_ratio",
+    "allow_regression",
 )
 UPLOADS = "uploads"  # the Corpus box's name for the session's uploaded files
+QUERY_UPLOADS = "query-uploads"  # the Your queries box's name for the session's uploaded queries file
+QUERY_FILE_TYPES = (".jsonl", ".json", ".csv", ".tsv")
 SOURCE_PREFIXES = ("hub:", "builtin:", "data:")
-# Settings a visitor may not change from the Advanced box: where runs live and which secret is sent where.
-_LOCKED = ("run.", "ingest.source")
+# Settings a visitor may not change from the Advanced box: where runs live, which files are read, which secret
+# is sent where.
+_LOCKED = ("run.", "ingest.source", "queries.source")
 
 
 def _check_advanced(lines: list[str]) -> None:
@@ -144,6 +149,9 @@ def config_from(values: dict[str, Any], run_dir: str | Path, preset: str | None 
     if values.get("sample_documents"):
         o.append(f"generate.sample_documents={int(values['sample_documents'])}")
     o += _generator_overrides(values)
+    o += _queries_overrides(values, run_dir)
+    if values.get("allow_regression"):
+        o.append("publish.allow_regression=true")
     if values.get("owner"):
         o.append(f"publish.owner={values['owner']}")
     if values.get("repo_name"):
@@ -154,6 +162,40 @@ def config_from(values: dict[str, Any], run_dir: str | Path, preset: str | None 
     if preset:
         o += [x for x in PRESETS[preset].overrides if not x.startswith(_LOCKED)]
     return load_config(None, o + advanced)
+
+
+def _queries_overrides(values: dict[str, Any], run_dir: Path) -> list[str]:
+    """Your own real queries: an uploaded .jsonl/.csv file (copied to ``<run>/query-uploads``), or a Hub dataset;
+    used for training, evaluation or both, at a share of the training queries (0: all of them)."""
+    src = (values.get("queries_source") or "").strip()
+    folder = run_dir / QUERY_UPLOADS
+    if values.get("queries_file"):
+        upload = Path(values["queries_file"])
+        if upload.suffix.lower() not in QUERY_FILE_TYPES:
+            raise TrainerError(f"Your queries: {upload.name} is not a .jsonl or .csv file (a query column and the "
+                               "relevant document's id or text)")
+        shutil.rmtree(folder, ignore_errors=True)  # one queries file per run: the latest upload
+        folder.mkdir(parents=True)
+        shutil.copy2(upload, folder / upload.name)
+        src = QUERY_UPLOADS
+    if not src:
+        return []
+    if src == QUERY_UPLOADS:
+        files = sorted(folder.iterdir()) if folder.is_dir() else []
+        if not files:
+            raise TrainerError("Your queries: no uploaded file: upload one on the Data tab, or clear the box")
+        src = str(files[0])
+    elif not src.startswith(("hub:", "data:")):
+        raise TrainerError(f"Your queries {src!r}: on the Space, upload a .jsonl/.csv file or name a Hub dataset "
+                           "(hub:<dataset id>)")
+    o = [f"queries.source={src}", f"queries.use={values.get('queries_use') or 'both'}"]
+    ratio = float(values.get("queries_ratio") or 0)
+    if not 0 <= ratio <= 1:
+        raise TrainerError("Your queries: the share of your queries among training queries is between 0 and 1 "
+                           "(0: all of yours and every synthetic one; 1: yours only, no generation)")
+    if ratio:
+        o.append(f"queries.ratio={ratio}")
+    return o
 
 
 GEN_KINDS = [(c["label"], c["value"]) for c in generator_choices()] + [
@@ -211,7 +253,9 @@ def values_from_config(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
         "num_negatives": cfg.mine.num_negatives, "margin": cfg.mine.margin, "profile": cfg.train.profile,
         "epochs": cfg.train.epochs, "lr": cfg.train.lr, "owner": cfg.publish.owner or "",
         "repo_name": cfg.publish.name or "", "private": cfg.publish.private, "onnx": cfg.export.onnx,
-        "advanced": "",
+        "advanced": "", "queries_file": None, "queries_source": _queries_box(cfg, run_dir),
+        "queries_use": cfg.queries.use, "queries_ratio": cfg.queries.ratio or 0,
+        "allow_regression": cfg.publish.allow_regression,
     }
     try:
         base = _flat(config_from(values, run_dir).model_dump())
@@ -224,6 +268,11 @@ def values_from_config(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
             lines.append(f"{key}={text}")
     values["advanced"] = "\n".join(lines)
     return values
+
+
+def _queries_box(cfg: Config, run_dir: str | Path) -> str:
+    src = cfg.queries.source or ""
+    return QUERY_UPLOADS if src and Path(src).parent == Path(run_dir) / QUERY_UPLOADS else src
 
 
 def _generator_values(cfg: Config) -> dict[str, Any]:
@@ -328,7 +377,8 @@ class SpaceApp:
             current = self.job_config(owner)
             if stage == "publish" and not preset and current is not None and RunDir(run_dir).is_complete("train"):
                 # publish what was trained: the finished run's settings, the Publish tab's fields
-                over = [f"publish.private={bool(values['private'])}"]
+                over = [f"publish.private={bool(values['private'])}",
+                        f"publish.allow_regression={bool(values.get('allow_regression'))}"]
                 if values.get("repo_name"):
                     over.append(f"publish.name={values['repo_name']}")
                 cfg = load_config(run_dir / "job-config.yaml", over)
@@ -453,6 +503,17 @@ class SpaceApp:
         plots = [str(p) for p in sorted(plots_dir.glob("*.png"))] if plots_dir.is_dir() else []
         return text, plots
 
+    def verdict(self, owner: str) -> str:
+        """The regression guard's verdict, shown on the Publish tab before publishing."""
+        run = self.run_dir(owner)
+        if not RunDir(run).is_complete("evaluate"):
+            return ("**Never below base:** run **evaluate** first to compare the model with its base; an "
+                    "unevaluated model is published with a card that claims nothing.")
+        v = regression_verdict(run)
+        head = {"regression": "⚠️ **Worse than its base model.**", "not_evaluated": "**Not compared.**"}.get(
+            v.status, "✅ **Never below base.**")
+        return f"{head} {for_visitor(v.text, run)}"
+
     def published(self, owner: str) -> str:
         links = pushed_links(self.run_dir(owner))
         if links:
@@ -563,6 +624,27 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             inputs["uploads"] = gr.File(label="…or upload files (.txt .md .html .pdf .jsonl .csv .parquet)",
                                         file_count="multiple", type="filepath")
             corpus_note = gr.Markdown("", elem_id="corpus-note")
+            with gr.Accordion("Your own queries (optional): real searches with their relevant documents",
+                              open=bool(d.get("queries_source")), elem_id="queries-box"):
+                gr.Markdown("A .jsonl or .csv file with a query column (query, question or text) and the relevant "
+                            "document's id (doc_id, corpus_id) or text (document, passage). Queries that match an "
+                            "evaluation task's test queries are refused.")
+                with gr.Row():
+                    inputs["queries_file"] = gr.File(label="Upload your queries (.jsonl / .csv)",
+                                                     file_types=list(QUERY_FILE_TYPES), type="filepath",
+                                                     elem_id="queries-file")
+                    inputs["queries_source"] = gr.Textbox(
+                        d.get("queries_source", ""), elem_id="queries-source",
+                        label=f"…or a Hub dataset: hub:<dataset id> ({QUERY_UPLOADS}: your uploaded file)")
+                with gr.Row():
+                    inputs["queries_use"] = gr.Radio(
+                        [("train on part, score the rest", "both"), ("train on them", "train"),
+                         ("score the model on them", "eval")], value=d.get("queries_use", "both"),
+                        label="Use them to", elem_id="queries-use")
+                    inputs["queries_ratio"] = gr.Number(
+                        d.get("queries_ratio", 0), minimum=0, maximum=1, label="Their share of the training "
+                        "queries (0: all of yours and every synthetic one; 1: yours only, no generation)",
+                        elem_id="queries-ratio")
             ingest_btn = gr.Button("Run: ingest", variant="primary", elem_id="run-ingest")
             ingest_counts = gr.JSON(label="Ingest counts")
         with gr.Tab("3 Generate"):
@@ -633,6 +715,10 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             inputs["onnx"] = gr.Checkbox(True, label="Export ONNX (fp32 + int8)")
             gr.Markdown("The Hub token comes from your sign-in (or the Space's `HF_TOKEN` secret); it is never "
                         "shown or written to disk. Without one, the folders to push are prepared for download.")
+            verdict = gr.Markdown("", elem_id="verdict")
+            inputs["allow_regression"] = gr.Checkbox(
+                False, label="Publish even if it is worse than the base model (the card then says so)",
+                elem_id="allow-regression")
             export_btn = gr.Button("Run: export", variant="secondary")
             publish_btn = gr.Button("Run: publish", variant="primary", elem_id="run-publish")
             publish_counts = gr.JSON(label="Publish counts")
@@ -752,7 +838,7 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
         files_btn.click(prepare, [session], files, api_name="downloads")
 
         outputs = [identity, job_status, progress, log, stages, ingest_counts, gen_counts, gen_sample, mine_counts,
-                   train_counts, eval_report, eval_plots, publish_counts, pushed, timer, shown]
+                   train_counts, eval_report, eval_plots, verdict, publish_counts, pushed, timer, shown]
 
         def refresh(sess: str, seen: str, profile: gr.OAuthProfile | None) -> tuple[Any, ...]:
             try:
@@ -770,7 +856,8 @@ def build_demo(run_root: str | Path | None = None, defaults: dict[str, Any] | No
             return (app.identity(sess, profile, on_space), app.job_line(owner, job), app.progress(owner, job),
                     log_text, app.stages(owner), app.counts(owner, "ingest"), app.counts(owner, "generate"),
                     app.sample_queries(owner), app.counts(owner, "mine"), app.counts(owner, "train"), report, plots,
-                    app.counts(owner, "publish"), app.published(owner), gr.Timer(2.0 if active else 10.0), sig)
+                    app.verdict(owner), app.counts(owner, "publish"), app.published(owner),
+                    gr.Timer(2.0 if active else 10.0), sig)
 
         timer.tick(refresh, [session, shown], outputs, api_name="status", show_progress="hidden")
 

@@ -30,7 +30,8 @@ def values(**over):
         "questions_per_chunk": 1, "query_types": ["factual", "contextual", "multi_hop"], "sample_documents": 2,
         "mine_mode": "hybrid", "num_negatives": 2,
         "margin": 0.95, "profile": "cpu", "epochs": 1, "lr": 1e-5, "owner": "", "repo_name": "", "private": True,
-        "onnx": True, "advanced": "",
+        "onnx": True, "advanced": "", "queries_file": None, "queries_source": "", "queries_use": "both",
+        "queries_ratio": 0, "allow_regression": False,
     }
     v.update(over)
     return v
@@ -111,6 +112,50 @@ def test_visitors_cannot_point_the_space_at_server_folders(tmp_path):
     upload.write_text("# Notes\n\nSome text.\n")
     cfg = config_from(values(uploads=[str(upload)], source="data:scifact"), tmp_path / "run")
     assert cfg.ingest.source == str(tmp_path / "run" / "uploads")  # uploads win, into the visitor's run
+
+
+def test_your_own_queries_and_the_regression_override_from_the_form(tmp_path):
+    """The Data tab's Your queries box: an upload is copied into the visitor's run and read from there; a Hub
+    dataset by name; server paths and other file types refused; the form fills back after a reload."""
+    upload = tmp_path / "search-log.jsonl"
+    upload.write_text('{"query": "statins liver", "doc_id": "d1"}\n')
+    run = tmp_path / "run"
+    cfg = config_from(values(queries_file=str(upload), queries_use="train", queries_ratio=0.5,
+                             allow_regression=True), run)
+    assert cfg.queries.source == str(run / "query-uploads" / "search-log.jsonl")
+    assert (run / "query-uploads" / "search-log.jsonl").read_text() == upload.read_text()
+    assert (cfg.queries.use, cfg.queries.ratio, cfg.publish.allow_regression) == ("train", 0.5, True)
+    back = values_from_config(cfg, run)
+    assert (back["queries_source"], back["queries_use"], back["queries_ratio"]) == ("query-uploads", "train", 0.5)
+    assert back["advanced"] == "" and config_from(back, run) == cfg  # a reload keeps using the uploaded file
+    hub = config_from(values(queries_source="hub:me/search-log", queries_use="eval"), run)
+    assert (hub.queries.source, hub.queries.use, hub.queries.ratio) == ("hub:me/search-log", "eval", None)
+    assert config_from(values(), run).queries.source is None and not config_from(values(), run).publish.allow_regression
+    bad_type = tmp_path / "queries.txt"
+    bad_type.write_text("x")
+    for bad, message in (({"queries_source": "/etc/passwd"}, "upload a .jsonl/.csv file"),
+                         ({"queries_source": "notes.jsonl"}, "upload a .jsonl/.csv file"),
+                         ({"queries_file": str(bad_type)}, "not a .jsonl or .csv file"),
+                         ({"queries_source": "query-uploads"}, None),  # nothing uploaded in that run
+                         ({"advanced": "queries.source=q.jsonl"}, "cannot be changed on the Space"),
+                         ({"queries_source": "hub:me/x", "queries_ratio": 2}, "between 0 and 1")):
+        with pytest.raises(TrainerError, match=message):
+            config_from(values(**bad), tmp_path / "other-run")
+
+
+def test_the_publish_tab_shows_the_regression_verdict_before_publishing(tmp_path):
+    from tests.publish_fixtures import REPORT_IMPROVED, build_run, report_with_regression
+
+    app = SpaceApp(tmp_path / "space")
+    owner = "anon-" + SESSION_A
+    assert "run **evaluate** first" in app.verdict(owner)
+    build_run(app.run_dir(owner), evaluate=report_with_regression())
+    shown = app.verdict(owner)
+    assert "Worse than its base model" in shown and "SciFact (-4.50 points)" in shown
+    assert "Publish even if it is worse than the base model" in shown and "allow_regression" not in shown
+    other = "anon-" + SESSION_B
+    build_run(app.run_dir(other), evaluate=REPORT_IMPROVED)
+    assert app.verdict(other).startswith("✅ **Never below base.**")
 
 
 def test_owner_keys_are_safe_path_components():

@@ -158,5 +158,7 @@ def test_two_visitors_reload_confirm_and_progress(space):
     table = _wait_text(a, "sample-queries", "factual", 30)
     assert "factual" in table
     assert "No job yet" in _text(b, "job-status")
+    _click_tab(a, "7 Publish & Export")  # the regression guard's verdict, before any publish
+    assert "run evaluate first" in _wait_text(a, "verdict", "Never below base", 30)
     _shot(a, "space.png")
     _shot(b, "space-other-visitor.png")
