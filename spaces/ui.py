@@ -137,7 +137,9 @@ def config_from(values: dict[str, Any], run_dir: str | Path, preset: str | None 
     elif not source.startswith(SOURCE_PREFIXES):
         raise TrainerError(f"corpus {source!r}: on the Space, use hub:<dataset id>, builtin:python-docs, "
                            "data:<name>, or upload files on the Data tab")
-    o = [f"domain={values['domain']}", f"run.dir={run_dir}", f"ingest.source={source}",
+    # embeddings of a visitor's corpus stay in their own run folder, not in the server's shared cache
+    o = [f"domain={values['domain']}", f"run.dir={run_dir}", "run.embedding_cache=false",
+         "evaluate.embedding_cache=false", f"ingest.source={source}",
          f"generate.questions_per_chunk={int(values['questions_per_chunk'])}",
          f"mine.mode={values['mine_mode']}", f"mine.num_negatives={int(values['num_negatives'])}",
          f"mine.margin={float(values['margin'])}", f"train.profile={values['profile']}",

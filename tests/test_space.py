@@ -112,6 +112,8 @@ def test_visitors_cannot_point_the_space_at_server_folders(tmp_path):
     upload.write_text("# Notes\n\nSome text.\n")
     cfg = config_from(values(uploads=[str(upload)], source="data:scifact"), tmp_path / "run")
     assert cfg.ingest.source == str(tmp_path / "run" / "uploads")  # uploads win, into the visitor's run
+    # and their embeddings stay in the visitor's run, not in the server's shared embedding cache
+    assert not cfg.run.embedding_cache and not cfg.evaluate.embedding_cache
 
 
 def test_your_own_queries_and_the_regression_override_from_the_form(tmp_path):
