@@ -69,9 +69,6 @@ SECONDS_PER_REQUEST = {"embedded": 3.0, "embedded_gpu": 0.5, "endpoint": 2.5, "i
                        "provider": 2.0}
 CONCURRENCY_EFFICIENCY = 0.6  # 16 in flight ~ 10x one at a time on a batching server (measure yours:
                               # benchmarks/generate_concurrency.py)
-# The embedded llama-server's slots on 2 CPU cores: SciFact's 1,000 claim tasks in 20.1 min instead of 36.4 with
-# llama-cpp-python's server (BENCHMARKS.md, "Query style on two dev sets"); the cores, not the slots, bound it.
-EMBEDDED_SLOTS_SPEEDUP_CPU = 1.8
 START_MINUTES = {"create": 10.0, "resume": 5.0, "running": 0.0}
 TOKENS_PER_REQUEST = 600  # prompt (a ~250-token chunk, instructions) + a short answer
 PROVIDER_USD_PER_M_TOKENS = 0.6  # a rough middle of providers' 8B-70B prices; billed by the provider
@@ -201,7 +198,9 @@ def generator_plan(cfg: Config, n_chunks: int, *, endpoint_state: str | None = N
         plan["model"] = g.generator
         per = SECONDS_PER_REQUEST["embedded_gpu" if on_gpu else "embedded"]
         if workers > 1 and not on_gpu:  # measured: the 2 cores bound llama-server, not its slots
-            speedup = EMBEDDED_SLOTS_SPEEDUP_CPU
+            from trainer.presets import rate
+
+            speedup = rate("gen_llama_server_speedup")
         server = f"llama-server, {workers} slots" if workers > 1 else "llama-cpp-python's server"
         plan["notes"].append(f"embedded llama.cpp server ({server}) on the {'GPU' if on_gpu else 'CPU'}, free")
     elif kind == "provider":

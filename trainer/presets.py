@@ -228,8 +228,9 @@ def estimate(cfg: Config, n_chunks: int | None = None, n_documents: int | None =
     if key not in RATES:
         key = "gen_s.qwen2.5-coder-1.5b-instruct-q4_k_m"
         notes.append(f"generator {g.generator!r} not measured: timed as the 1.5B one")
-    first = rate(key) / (1 if embedded else concurrency(cfg))
-    if embedded and not gpu and concurrency(cfg) > 1:  # a built llama-server
+    workers = concurrency(cfg)
+    first = rate(key) / (1 if embedded else workers)
+    if embedded and not gpu and workers > 1:  # a built llama-server
         first /= rate("gen_llama_server_speedup")
     repeat = first * rate("gen_repeat_ratio")
     per_chunk = first + (g.questions_per_chunk - 1) * repeat
